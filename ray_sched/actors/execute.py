@@ -1,0 +1,72 @@
+"""The Ray tasks that do the work: synthetic sleeps for replays, user calls for the API.
+
+Each returns its own start and finish wall times, measured on the worker that
+ran it, so that every engine (ours, ray-default, dask) is timed the same way.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+import traceback
+from typing import Any
+
+import ray
+
+from ray_sched.work import synthetic_work
+
+#: Ray retries a task whose worker process died (not a user exception) this many times.
+SYSTEM_RETRIES = 3
+
+
+class RaisedError:
+    """A user exception carried back from a worker, with its remote traceback text."""
+
+    def __init__(self, error: BaseException, traceback_text: str):
+        try:
+            pickle.dumps(error)
+            self.error: BaseException | None = error
+        except Exception:  # an unpicklable exception still reaches the caller as text
+            self.error = None
+        self.type_name = f"{type(error).__module__}.{type(error).__qualname__}"
+        self.message = str(error)
+        self.traceback_text = traceback_text
+
+    def reraise(self) -> None:
+        error = self.error
+        if error is None:
+            error = RuntimeError(f"{self.type_name}: {self.message}")
+        note = f"Remote traceback (on the ray_sched worker):\n{self.traceback_text}"
+        if note not in getattr(error, "__notes__", ()):
+            error.add_note(note)
+        raise error
+
+
+def user_call(payload: tuple) -> tuple[tuple[float, float, str], Any]:
+    """Run ``fn(*args, **kwargs)``; top-level ObjectRef arguments are resolved first, as Ray does.
+
+    Returns:
+        ((start, finish, error_text), value or RaisedError)
+    """
+    fn, args, kwargs = payload
+    args = [ray.get(a) if isinstance(a, ray.ObjectRef) else a for a in args]
+    kwargs = {k: ray.get(v) if isinstance(v, ray.ObjectRef) else v for k, v in kwargs.items()}
+    start = time.time()
+    try:
+        value = fn(*args, **kwargs)
+        error = ""
+    except Exception as exc:  # noqa: BLE001 - the user's exception travels to the caller
+        text = traceback.format_exc()
+        value = RaisedError(exc, text)
+        error = f"{type(exc).__name__}: {exc}"
+    return (start, time.time(), error), value
+
+
+run_synthetic = ray.remote(max_retries=SYSTEM_RETRIES)(synthetic_work)
+run_user_call = ray.remote(num_returns=2, max_retries=SYSTEM_RETRIES)(user_call)
+
+
+def warm_workers(n: int, options: dict | None = None, timeout_s: float = 120.0) -> None:
+    """Start ``n`` worker processes (and import this module in them) before timing starts."""
+    refs = [run_synthetic.options(**(options or {})).remote(0.0) for _ in range(n)]
+    ray.get(refs, timeout=timeout_s)

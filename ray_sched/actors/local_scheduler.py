@@ -1,0 +1,98 @@
+"""The LocalScheduler actor: a thin Ray wrapper around :class:`LocalCore`.
+
+It receives placed tasks, runs the next ones by its ordering as Ray tasks
+pinned to its node, and reports completions to the global scheduler in
+batches (every completion that arrives in one event-loop turn goes in one call).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from ray_sched.actors.execute import run_synthetic, run_user_call, warm_workers
+from ray_sched.policies import ORDERINGS
+from ray_sched.policies.local import LocalCore
+from ray_sched.task import Completion, Task
+
+
+@ray.remote(num_cpus=0)
+class LocalScheduler:
+    def __init__(self, name: str, node_id: str, slots: float, ordering: str, global_handle):
+        self.name = name
+        self.node_id = node_id
+        self.core = LocalCore(name, slots, ORDERINGS[ordering]())
+        self._global = global_handle
+        self._strategy = NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
+        self._launchers: dict[tuple[str, float], object] = {}
+        self._outbox: list[Completion] = []
+        self._flush_pending = False
+        self._watchers: set[asyncio.Task] = set()
+
+    async def ping(self) -> dict:
+        return {"name": self.name, "node_id": self.node_id, "slots": self.core.slots}
+
+    async def warmup(self) -> None:
+        """Start this node's workers for every slot before any timing starts."""
+        await asyncio.get_running_loop().run_in_executor(
+            None, warm_workers, int(self.core.slots),
+            {"scheduling_strategy": self._strategy})
+
+    async def enqueue(self, tasks: list[Task]) -> None:
+        self.core.enqueue(tasks)
+        self._dispatch()
+
+    async def snapshot(self) -> dict:
+        return vars_of(self.core.snapshot())
+
+    def _launcher(self, kind: str, cpu: float):
+        key = (kind, cpu)
+        launcher = self._launchers.get(key)
+        if launcher is None:
+            remote = run_synthetic if kind == "synthetic" else run_user_call
+            launcher = remote.options(scheduling_strategy=self._strategy, num_cpus=cpu)
+            self._launchers[key] = launcher
+        return launcher
+
+    def _dispatch(self) -> None:
+        for task in self.core.next_runnable():
+            task.attempts += 1
+            cpu = min(task.cpu, self.core.slots)
+            if task.payload is None:
+                meta_ref = self._launcher("synthetic", cpu).remote(task.runtime_s)
+                value_ref = None
+            else:
+                meta_ref, value_ref = self._launcher("call", cpu).remote(task.payload)
+            watcher = asyncio.ensure_future(self._watch(task, meta_ref, value_ref))
+            self._watchers.add(watcher)
+            watcher.add_done_callback(self._watchers.discard)
+
+    async def _watch(self, task: Task, meta_ref, value_ref) -> None:
+        completion = Completion(task.task_id, "ok", worker=self.name, node=self.node_id,
+                                attempts=task.attempts, value_ref=value_ref)
+        try:
+            meta = await meta_ref
+            completion.start_wall, completion.finish_wall = meta[0], meta[1]
+            if len(meta) > 2 and meta[2]:
+                completion.status, completion.error = "failed", meta[2]
+        except Exception as error:  # noqa: BLE001 - a lost worker or a Ray error: report it
+            completion.status = "failed"
+            completion.error = f"{type(error).__name__}: {error}"[:2000]
+        self.core.finish(task.task_id)
+        self._outbox.append(completion)
+        self._dispatch()
+        if not self._flush_pending:
+            self._flush_pending = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_pending = False
+        batch, self._outbox = self._outbox, []
+        if batch:
+            self._global.completed.remote(self.name, batch, vars_of(self.core.snapshot()))
+
+
+def vars_of(snapshot) -> dict:
+    return {name: getattr(snapshot, name) for name in snapshot.__slots__}

@@ -1,0 +1,345 @@
+"""The public facade: ``Scheduler`` runs your functions (or replayed tasks) through the
+two-level scheduler on Ray.
+
+Example:
+    >>> import ray_sched
+    >>> with ray_sched.Scheduler(policy="fifo", slots=4) as scheduler:   # doctest: +SKIP
+    ...     future = scheduler.submit(pow, 2, 10, kind="math")
+    ...     future.result(timeout=30)
+    1024
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import logging
+import math
+import threading
+import time
+from typing import Any, Callable, Iterable, Iterator
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from ray_sched.actors import GlobalScheduler
+from ray_sched.actors.execute import RaisedError
+from ray_sched.errors import ConfigError, SchedulerClosedError, TaskFailedError
+from ray_sched.policies import BASELINES, resolve_policy
+from ray_sched.task import DEFAULT_KIND, DEFAULT_TENANT, MAX_PRIORITY, Completion, Task
+from ray_sched.topology import NodeInfo, plan_local_schedulers
+
+log = logging.getLogger(__name__)
+
+#: How long the completion pump waits in one long poll; bounds shutdown latency.
+POLL_WAIT_S = 0.25
+#: How long to wait for the actors to come up (worker processes start slowly on 2 cores).
+STARTUP_TIMEOUT_S = 180.0
+
+
+class TaskFuture:
+    """The pending result of one submitted task.
+
+    ``result(timeout)`` returns the function's value or raises its exception (the
+    original type, with the remote traceback as a note); ``await future`` does
+    the same in asyncio code; ``object_ref()`` gives the Ray ObjectRef of the value
+    for ``ray.get``.
+    """
+
+    def __init__(self, task_id: str):
+        self.task_id = task_id
+        self._completion: concurrent.futures.Future = concurrent.futures.Future()
+
+    def __repr__(self) -> str:
+        state = "done" if self.done() else "pending"
+        return f"TaskFuture({self.task_id!r}, {state})"
+
+    def done(self) -> bool:
+        return self._completion.done()
+
+    def completion(self, timeout: float | None = None) -> Completion:
+        """The completion record (times, worker, attempts, status), waiting up to ``timeout``."""
+        return self._completion.result(timeout)
+
+    def object_ref(self, timeout: float | None = None) -> ray.ObjectRef | None:
+        """The ObjectRef of the return value once the task has run (None for replayed tasks)."""
+        return self.completion(timeout).value_ref
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The task's return value.
+
+        Raises:
+            TimeoutError: not finished within ``timeout`` seconds.
+            Exception: the function's own exception, re-raised with its original type.
+            TaskFailedError: the task could not run (a parent failed, its worker was lost).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        completion = self._completion.result(timeout)
+        value = None
+        if completion.value_ref is not None:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            value = ray.get(completion.value_ref, timeout=remaining)
+        return self._interpret(completion, value)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        try:
+            self.result(timeout)
+        except (TimeoutError, concurrent.futures.TimeoutError):
+            raise
+        except BaseException as error:  # noqa: BLE001 - returned, as concurrent.futures does
+            return error
+        return None
+
+    def add_done_callback(self, fn: Callable[["TaskFuture"], None]) -> None:
+        self._completion.add_done_callback(lambda _: fn(self))
+
+    def __await__(self):
+        return self._result_async().__await__()
+
+    async def _result_async(self) -> Any:
+        completion = await asyncio.wrap_future(self._completion)
+        value = await completion.value_ref if completion.value_ref is not None else None
+        return self._interpret(completion, value)
+
+    def _interpret(self, completion: Completion, value: Any) -> Any:
+        if isinstance(value, RaisedError):
+            value.reraise()
+        if completion.status != "ok":
+            raise TaskFailedError(f"task {self.task_id!r} failed: {completion.error}")
+        return value
+
+    def _set(self, completion: Completion) -> None:
+        if not self._completion.done():
+            self._completion.set_result(completion)
+
+    def _fail(self, error: BaseException) -> None:
+        if not self._completion.done():
+            self._completion.set_exception(error)
+
+
+def _validate_options(priority: int, deadline_s: float | None, cpu: float) -> None:
+    if not isinstance(priority, int) or not 0 <= priority <= MAX_PRIORITY:
+        raise ConfigError(f"priority must be an integer 0..{MAX_PRIORITY}, got {priority!r}")
+    if deadline_s is not None and not (isinstance(deadline_s, (int, float)) and deadline_s > 0
+                                       and math.isfinite(deadline_s)):
+        raise ConfigError(f"deadline_s must be a number > 0, got {deadline_s!r}")
+    if not (isinstance(cpu, (int, float)) and cpu > 0):
+        raise ConfigError(f"cpu must be a number > 0, got {cpu!r}")
+
+
+class Scheduler:
+    """Run tasks through a GlobalScheduler and its LocalSchedulers on Ray.
+
+    Args:
+        policy: a policy name (``fifo``, ``priority``, ``edf``, ``power-of-two``, …, or
+            ``ORDERING+PLACEMENT``); see :func:`ray_sched.policies.policy_names`.
+        slots: total concurrent task slots over all local schedulers (default: the
+            cluster's CPUs). Without ``address`` and without a running Ray, an embedded
+            Ray is started with ``num_cpus=slots``.
+        address: an existing Ray cluster (``"auto"`` or ``"ray://…"``).
+        local_schedulers: how many local schedulers (default: one per Ray node).
+        regions: regions to assign to the local schedulers in turn.
+        seed: seed of the randomised placement policies.
+        warmup: start every slot's worker process before returning, so that the first
+            tasks do not pay for process start-up.
+        actor_options: passed to the GlobalScheduler actor's ``.options()``.
+
+    Raises:
+        ConfigError: an unknown policy, a baseline name, or slots that cannot be split.
+    """
+
+    def __init__(self, policy: str = "fifo", slots: int | None = None, *,
+                 address: str | None = None, local_schedulers: int | None = None,
+                 regions: list[str] | None = None, seed: int | None = 0, warmup: bool = True,
+                 actor_options: dict | None = None):
+        if policy in BASELINES:
+            raise ConfigError(f"{policy!r} is a baseline: use ray_sched.replay.replay() or "
+                              f"`ray-sched replay --policy {policy}` to measure it")
+        self.policy = resolve_policy(policy)
+        if slots is not None and (not isinstance(slots, int) or slots < 1):
+            raise ConfigError(f"slots must be an integer >= 1, got {slots!r}")
+        self._owns_ray = False
+        if not ray.is_initialized():
+            if address is None:
+                ray.init(num_cpus=slots or None, include_dashboard=False,
+                         logging_level=logging.WARNING, log_to_driver=False)
+            else:
+                ray.init(address=address, logging_level=logging.WARNING)
+            self._owns_ray = True
+        nodes = [NodeInfo(n["NodeID"], n["Resources"].get("CPU", 0.0))
+                 for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) > 0]
+        self.slots = slots or int(sum(n.cpus for n in nodes))
+        self.plan = plan_local_schedulers(nodes, self.slots, count=local_schedulers,
+                                          regions=regions)
+        here = ray.get_runtime_context().get_node_id()
+        options = {"scheduling_strategy": NodeAffinitySchedulingStrategy(here, soft=True)}
+        options.update(actor_options or {})
+        self._global = GlobalScheduler.options(**options).remote(
+            self.plan, self.policy.ordering, self.policy.placement, seed)
+        ray.get(self._global.ready.remote(), timeout=STARTUP_TIMEOUT_S)
+        if warmup:
+            ray.get(self._global.warmup.remote(), timeout=STARTUP_TIMEOUT_S)
+        self.t0 = time.time()
+        self._futures: dict[str, TaskFuture] = {}
+        self._used_ids: set[str] = set()
+        self._ids = itertools.count()
+        self._lock = threading.Lock()
+        self._listeners: list[Callable[[list[Completion]], None]] = []
+        self._closed = False
+        self._pump = threading.Thread(target=self._pump_loop, name="ray-sched-pump", daemon=True)
+        self._pump.start()
+
+    # -- submission ----------------------------------------------------------------------
+    def submit(self, fn: Callable, *args: Any, kind: str = DEFAULT_KIND,
+               tenant: str = DEFAULT_TENANT, region: str | None = None, priority: int = 0,
+               deadline_s: float | None = None, features: dict | None = None,
+               after: Iterable[TaskFuture | str] = (), cpu: float = 1.0,
+               task_id: str | None = None, **kwargs: Any) -> TaskFuture:
+        """Schedule ``fn(*args, **kwargs)``; returns its :class:`TaskFuture` at once.
+
+        Args:
+            fn: any picklable callable; it runs on the node the scheduler picks.
+            kind, tenant, region: categorical features; ``region`` also steers placement.
+            priority: 0..9, 9 most urgent (read by the ``priority`` policy).
+            deadline_s: relative deadline in seconds (read by ``edf``).
+            features: extra numeric or string features for the learner.
+            after: futures (or task ids) that must finish first; a failed parent fails this.
+            cpu: slots the task occupies.
+            task_id: your own unique id (default: generated).
+
+        Raises:
+            ConfigError: a bad option (named, with its value) or a task id already used.
+            SchedulerClosedError: after ``shutdown()``.
+
+        Example:
+            >>> future = scheduler.submit(sum, [1, 2, 3], kind="math")   # doctest: +SKIP
+            >>> future.result()                                          # doctest: +SKIP
+            6
+        """
+        task = self._make_task(fn, args, kwargs, kind=kind, tenant=tenant, region=region,
+                               priority=priority, deadline_s=deadline_s, features=features,
+                               after=after, cpu=cpu, task_id=task_id)
+        return self.submit_tasks([task])[0]
+
+    def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None,
+            **options: Any) -> Iterator[Any]:
+        """Like ``concurrent.futures.Executor.map``: every call is submitted at once (in one
+        batch), results are yielded in order. ``options`` are those of :meth:`submit`."""
+        tasks = [self._make_task(fn, args, {}, **options) for args in zip(*iterables)]
+        futures = self.submit_tasks(tasks)
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def results() -> Iterator[Any]:
+            for future in futures:
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                yield future.result(remaining)
+        return results()
+
+    def submit_tasks(self, tasks: list[Task]) -> list[TaskFuture]:
+        """Submit ready-made Tasks in one batch (the replay's path). A task without a payload
+        runs synthetic work of ``runtime_s`` seconds."""
+        now = time.time()
+        futures = []
+        with self._lock:
+            if self._closed:
+                raise SchedulerClosedError("this Scheduler has been shut down")
+            for task in tasks:
+                if task.task_id in self._used_ids:
+                    raise ConfigError(f"task_id {task.task_id!r} was already submitted")
+            for task in tasks:
+                if task.payload is None and (task.runtime_s is None or task.runtime_s <= 0):
+                    raise ConfigError(f"task {task.task_id!r} has neither a function nor a "
+                                      f"runtime_s > 0 to replay")
+                task.submitted_at = task.submitted_at or now
+                self._used_ids.add(task.task_id)
+                future = TaskFuture(task.task_id)
+                self._futures[task.task_id] = future
+                futures.append(future)
+        if tasks:
+            self._global.submit.remote(tasks)
+        return futures
+
+    def _make_task(self, fn, args, kwargs, *, kind=DEFAULT_KIND, tenant=DEFAULT_TENANT,
+                   region=None, priority=0, deadline_s=None, features=None, after=(), cpu=1.0,
+                   task_id=None) -> Task:
+        if not callable(fn):
+            raise ConfigError(f"fn must be callable, got {type(fn).__name__}")
+        _validate_options(priority, deadline_s, cpu)
+        parents = tuple(p.task_id if isinstance(p, TaskFuture) else str(p) for p in after)
+        now = time.time()
+        return Task(
+            task_id=task_id if task_id is not None else f"task-{next(self._ids)}",
+            arrival_s=now - self.t0, kind=str(kind), tenant=str(tenant),
+            region=None if region is None else str(region), priority=priority,
+            deadline_s=None if deadline_s is None else float(deadline_s), parents=parents,
+            cpu=float(cpu), features=dict(features or {}), submitted_at=now,
+            payload=ray.put((fn, tuple(args), dict(kwargs))),
+        )
+
+    # -- completions -----------------------------------------------------------------------
+    def add_listener(self, listener: Callable[[list[Completion]], None]) -> None:
+        """Call ``listener(batch)`` (on the pump thread) for every batch of completions."""
+        self._listeners.append(listener)
+
+    def _pump_loop(self) -> None:
+        while not self._closed:
+            try:
+                batch = ray.get(self._global.take.remote(POLL_WAIT_S), timeout=60)
+            except Exception as error:  # noqa: BLE001 - report and keep serving
+                if self._closed:
+                    return
+                log.warning("completion poll failed: %s", error)
+                time.sleep(0.1)
+                continue
+            if not batch:
+                continue
+            with self._lock:
+                futures = [self._futures.pop(c.task_id, None) for c in batch]
+            for listener in self._listeners:
+                try:
+                    listener(batch)
+                except Exception:  # noqa: BLE001 - a listener must not stop the pump
+                    log.exception("completion listener failed")
+            for future, completion in zip(futures, batch):
+                if future is not None:
+                    future._set(completion)
+
+    # -- queries and lifecycle ------------------------------------------------------------
+    def stats(self) -> dict:
+        """Outstanding tasks, recorded completions and each local scheduler's state."""
+        return ray.get(self._global.stats.remote(), timeout=30)
+
+    def story(self, task_id: str) -> list[dict]:
+        """Every decision logged about one task (placement, waiting, completion)."""
+        return ray.get(self._global.story.remote(task_id), timeout=30)
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._futures)
+
+    def shutdown(self) -> None:
+        """Stop the actors (tasks still pending fail with SchedulerClosedError) and, when this
+        Scheduler started Ray, stop Ray too. Safe to call twice."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            pending, self._futures = list(self._futures.values()), {}
+        self._pump.join(timeout=5)
+        for future in pending:
+            future._fail(SchedulerClosedError(f"task {future.task_id!r}: the scheduler was "
+                                              f"shut down before it finished"))
+        try:
+            ray.get(self._global.shutdown.remote(), timeout=10)
+            ray.kill(self._global)
+        except Exception as error:  # noqa: BLE001 - shutting down anyway
+            log.debug("global scheduler shutdown: %s", error)
+        if self._owns_ray:
+            ray.shutdown()
+
+    def __enter__(self) -> "Scheduler":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.shutdown()
