@@ -19,8 +19,8 @@ class ConfigError(RaySchedError, ValueError):
     exit_code = 2
 
 
-class TraceError(RaySchedError, ValueError):
-    """A trace file (or frame) that breaks the contract of TRACE_FORMAT.md.
+class LocatedError(RaySchedError, ValueError):
+    """An error in a file or frame, located by 1-based data row and column.
 
     Args:
         source: the file name (or ``"<frame>"`` for an in-memory frame).
@@ -43,6 +43,18 @@ class TraceError(RaySchedError, ValueError):
         if column is not None:
             where.append(f"column '{column}'")
         super().__init__(f"{', '.join(where)}: {message}")
+
+
+class TraceError(LocatedError):
+    """A trace file (or frame) that breaks the contract of TRACE_FORMAT.md."""
+
+    exit_code = 3
+
+
+class ResultsError(LocatedError):
+    """A results frame or directory that breaks the contract (or a newer schema version)."""
+
+    exit_code = 3
 
 
 class ConvertError(RaySchedError, ValueError):

@@ -38,15 +38,16 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ray_sched.errors import ConfigError, RaySchedError
+from ray_sched.errors import ConfigError, ResultsError
 from ray_sched.task import DEFAULT_KIND, DEFAULT_TENANT
 
 #: Version of the tasks.parquet / summary.json layout written here; bump on any change
@@ -65,7 +66,7 @@ RESULT_COLUMNS = (
     "predicted_runtime_s", "measured_runtime_s", "deadline_met", "attempts", "status",
     "error",
 )
-#: Columns the replay adds after the contract ones, with the value a missing one gets.
+#: Columns the replay adds after the contract ones (see :func:`validate_results`).
 EXTRA_COLUMNS = ("runtime_s", "kind", "tenant", "region", "priority", "cpu", "deadline_s",
                  "placed_s")
 #: The contract's summary fields, in order (TRACE_FORMAT.md section 3).
@@ -86,6 +87,8 @@ _EXTRA_DEFAULTS: dict[str, Any] = {
     "runtime_s": np.nan, "kind": DEFAULT_KIND, "tenant": DEFAULT_TENANT, "region": pd.NA,
     "priority": 0, "cpu": 1.0, "deadline_s": np.nan, "placed_s": np.nan,
 }
+# Empty cells of these mean the default too; an empty runtime_s/deadline_s/placed_s is "none".
+_FILLED_EXTRAS = ("kind", "tenant", "priority", "cpu")
 # An ok task must say when it ran: without these its JCT and busy time are unknown.
 _REQUIRED_WHEN_OK = ("start_s", "finish_s", "measured_runtime_s")
 
@@ -99,14 +102,9 @@ _MISSING_CELL = "-"
 
 
 def _fail(source: str, message: str, *, row: int | None = None,
-          column: str | None = None) -> RaySchedError:
+          column: str | None = None) -> ResultsError:
     """The error for a results frame or file that breaks the contract (one place to change)."""
-    where = [str(source)]
-    if row is not None:
-        where.append(f"row {row}")
-    if column is not None:
-        where.append(f"column '{column}'")
-    return RaySchedError(f"{', '.join(where)}: {message}")
+    return ResultsError(str(source), message, row=row, column=column)
 
 
 # ---------------------------------------------------------------------------- deadline_met
@@ -195,7 +193,7 @@ def validate_results(results: pd.DataFrame, *, source: str = "<results>") -> pd.
     input is not modified.
 
     Raises:
-        RaySchedError: a missing contract column, an empty or duplicate ``task_id`` (the
+        ResultsError: a missing contract column, an empty or duplicate ``task_id`` (the
             message names the id and both rows), a status other than ok/failed, more than
             one policy, a non-numeric time, a bad ``attempts``, or an ok task without
             ``start_s``/``finish_s``/``measured_runtime_s``.
@@ -210,14 +208,13 @@ def validate_results(results: pd.DataFrame, *, source: str = "<results>") -> pd.
     for column, default in _EXTRA_DEFAULTS.items():
         if column not in frame.columns:
             frame[column] = default
-        elif column != "region" and not isinstance(default, float):
+        elif column in _FILLED_EXTRAS:
             values = frame[column].astype(object)  # a categorical may lack the default
             frame[column] = values.where(values.notna(), default)
     for column in _STRING_COLUMNS:
         frame[column] = _string_column(frame, column)
     for column in _FLOAT_COLUMNS:
         frame[column] = _float_column(frame, column, source)
-    frame["cpu"] = frame["cpu"].fillna(1.0)
     frame["error"] = frame["error"].fillna("")
     for column in ("attempts", "priority"):
         frame[column] = _int_column(frame, column, source)
@@ -302,7 +299,7 @@ def summarize(results: pd.DataFrame, *, policy: str, slots: int) -> dict[str, An
 
     Raises:
         ConfigError: ``slots`` is not a positive integer.
-        RaySchedError: the frame breaks the contract, or names another policy.
+        ResultsError: the frame breaks the contract, or names another policy.
 
     Example:
         >>> summary = summarize(results, policy="learned", slots=8)  # doctest: +SKIP
@@ -435,7 +432,7 @@ def write_results(out_dir: str | Path, results: pd.DataFrame, summary: dict[str,
         and ``"tasks.csv"`` when asked).
 
     Raises:
-        RaySchedError: the frame breaks the contract (nothing is written), the summary
+        ResultsError: the frame breaks the contract (nothing is written), the summary
             lacks a contract field, or the two name different policies.
 
     Example:
@@ -484,7 +481,7 @@ def read_results(out_dir: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
         the summary dict in file order.
 
     Raises:
-        RaySchedError: a file is missing or unreadable, or carries a schema version
+        ResultsError: a file is missing or unreadable, or carries a schema version
             other than :data:`SCHEMA_VERSION` (the message names the file, the version
             found and the one supported).
     """

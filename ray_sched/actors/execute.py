@@ -66,7 +66,11 @@ run_synthetic = ray.remote(max_retries=SYSTEM_RETRIES)(synthetic_work)
 run_user_call = ray.remote(num_returns=2, max_retries=SYSTEM_RETRIES)(user_call)
 
 
+#: Each warm-up task sleeps this long, so that ``n`` of them overlap and ``n`` workers start.
+WARMUP_TASK_S = 0.3
+
+
 def warm_workers(n: int, options: dict | None = None, timeout_s: float = 120.0) -> None:
     """Start ``n`` worker processes (and import this module in them) before timing starts."""
-    refs = [run_synthetic.options(**(options or {})).remote(0.0) for _ in range(n)]
+    refs = [run_synthetic.options(**(options or {})).remote(WARMUP_TASK_S) for _ in range(n)]
     ray.get(refs, timeout=timeout_s)

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from ray_sched.errors import ConfigError, ConvertError
-from ray_sched.task import PARENT_SEPARATOR
+from ray_sched.task import PARENT_SEPARATOR, RESERVED_COLUMNS
 from ray_sched.trace import validate_frame
 
 #: Separator between a task id and its copy index in repeated workloads ("id#2").
@@ -129,7 +129,8 @@ def describe_frame(frame: pd.DataFrame, slots: int | None) -> str:
 
 def check_parameters(*, slots: int | None = None, load: float | None = None,
                      time_scale: float = 1.0, max_cpu: float | None = None,
-                     start: int = 0, max_rows: int | None = None, repeat: int = 1,
+                     start: int = 0, max_rows: int | None = None,
+                     max_rows_name: str = "max_jobs", repeat: int = 1,
                      n: int | None = None) -> None:
     """Validate the workload parameters in one place.
 
@@ -142,7 +143,7 @@ def check_parameters(*, slots: int | None = None, load: float | None = None,
     def is_int(value: object) -> bool:
         return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
-    for name, value in (("slots", slots), ("max_jobs/max_tasks", max_rows), ("n", n)):
+    for name, value in (("slots", slots), (max_rows_name, max_rows), ("n", n)):
         if value is not None and not (is_int(value) and value >= 1):
             raise bad(name, value, "an integer >= 1")
     if not (is_int(start) and start >= 0):
@@ -295,6 +296,12 @@ def _suffix_parents(parents: pd.Series, suffix: str) -> pd.Series:
     return out
 
 
+def contract_order(frame: pd.DataFrame) -> pd.DataFrame:
+    """Columns in the order of TRACE_FORMAT.md (required, then optional), features last."""
+    reserved = [c for c in RESERVED_COLUMNS if c in frame.columns]
+    return frame[reserved + [c for c in frame.columns if c not in RESERVED_COLUMNS]]
+
+
 def finalize(frame: pd.DataFrame, report: ConvertReport, *, slots: int | None,
              load: float | None, time_scale: float, load_hint: str = "") -> pd.DataFrame:
     """Rescale to ``load``, apply ``time_scale``, validate, and fill the report's outcome fields.
@@ -314,7 +321,7 @@ def finalize(frame: pd.DataFrame, report: ConvertReport, *, slots: int | None,
     if load is not None:
         frame, report.arrival_factor = rescale_to_load(frame, slots, load, hint=load_hint)
     frame = apply_time_scale(frame, time_scale)
-    frame = validate_frame(frame, source=report.source)
+    frame = validate_frame(contract_order(frame), source=report.source)
     report.n_rows = report.n_kept = len(frame)
     report.span_s = arrival_span_s(frame)
     report.mean_runtime_s = float(frame["runtime_s"].mean())

@@ -1,0 +1,179 @@
+"""``ray-sched``: replay, compare, gen and convert.
+
+Errors of ray_sched are printed as one line on stderr and mapped to exit codes
+in one place (:func:`ray_sched.errors.exit_code_for`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from ray_sched import __version__
+from ray_sched.errors import ConfigError, RaySchedError, exit_code_for
+
+#: The demo's default: the policies shown side by side.
+DEMO_POLICIES = ("ray-default", "dask", "fifo", "priority")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
+    return value
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("trace", help="trace file (.csv, .csv.gz, .parquet, .jsonl)")
+    parser.add_argument("--slots", type=_positive_int, required=True,
+                        help="total concurrent task slots across all local schedulers")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--address", default=None,
+                        help="existing Ray cluster ('auto' or 'ray://…'); default: embedded Ray")
+    parser.add_argument("--time-scale", type=_positive_float, default=1.0,
+                        help="multiply arrivals, runtimes and deadlines by X (default 1)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of randomised policies")
+    parser.add_argument("--local-schedulers", type=_positive_int, default=None,
+                        help="split the slots over K local schedulers (by region when the "
+                             "trace has regions); default: one per Ray node")
+    parser.add_argument("--csv", action="store_true", help="also write tasks.csv")
+    parser.add_argument("--no-progress", action="store_true", help="no progress output")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ray_sched.policies import policy_names
+
+    parser = argparse.ArgumentParser(
+        prog="ray-sched", description="An ML-driven adaptive scheduler on Ray.")
+    parser.add_argument("--version", action="version", version=f"ray-sched {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    replay = commands.add_parser(
+        "replay", help="replay a task trace under one policy",
+        description="Replay a trace (TRACE_FORMAT.md) and write OUT/tasks.parquet and "
+                    "OUT/summary.json. Exit 0 when every task finished ok.")
+    _add_run_options(replay)
+    replay.add_argument("--policy", required=True,
+                        help=f"one of {', '.join(policy_names())}, or ORDERING+PLACEMENT")
+    replay.set_defaults(func=cmd_replay)
+
+    compare = commands.add_parser(
+        "compare", help="replay one trace under several policies in one run and tabulate",
+        description="Replays the trace once per policy (one Ray for all) into OUT/<policy>/ "
+                    "and prints a comparison table (also OUT/comparison.md).")
+    _add_run_options(compare)
+    compare.add_argument("--policies", default=",".join(DEMO_POLICIES),
+                         help=f"comma-separated policies (default {','.join(DEMO_POLICIES)})")
+    compare.set_defaults(func=cmd_compare)
+
+    try:
+        from ray_sched.workloads.cli import register
+    except ImportError:  # pragma: no cover - workloads are part of the package
+        register = None
+    if register is not None:
+        register(commands)
+    return parser
+
+
+def _shutdown_ray() -> None:
+    import ray
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from ray_sched.replay import replay
+
+    try:
+        result = replay(args.trace, policy=args.policy, slots=args.slots, out=args.out,
+                        address=args.address, time_scale=args.time_scale, seed=args.seed,
+                        local_schedulers=args.local_schedulers, csv=args.csv,
+                        show_progress=not args.no_progress)
+    finally:
+        _shutdown_ray()
+    summary = result.summary
+    print(json.dumps({k: summary[k] for k in ("policy", "n_tasks", "n_ok", "n_failed",
+                                              "jct_mean_s", "jct_p99_s", "makespan_s",
+                                              "sched_overhead_ms_mean")}))
+    print(f"results: {Path(args.out) / 'tasks.parquet'}, {Path(args.out) / 'summary.json'}")
+    if not result.ok:
+        failed = result.results[result.results["status"] != "ok"]
+        first = failed.iloc[0] if len(failed) else None
+        reason = f"; first: task {first['task_id']!r}: {first['error']}" if first is not None else ""
+        print(f"ray-sched replay: {summary['n_failed']} of {summary['n_tasks']} task(s) did not "
+              f"finish ok{reason}", file=sys.stderr)
+        return 4
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from ray_sched.metrics import comparison_table, markdown_table
+    from ray_sched.policies import BASELINES, resolve_policy
+    from ray_sched.replay import replay
+
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    if not policies:
+        raise ConfigError("--policies is empty")
+    for policy in policies:
+        if policy not in BASELINES:
+            resolve_policy(policy)
+    out = Path(args.out)
+    summaries = []
+    all_ok = True
+    try:
+        for policy in policies:
+            result = replay(args.trace, policy=policy, slots=args.slots, out=out / policy,
+                            address=args.address, time_scale=args.time_scale, seed=args.seed,
+                            local_schedulers=args.local_schedulers, csv=args.csv,
+                            show_progress=not args.no_progress)
+            summaries.append(result.summary)
+            all_ok &= result.ok
+    finally:
+        _shutdown_ray()
+    table = comparison_table(summaries)
+    print(table)
+    (out / "comparison.md").write_text(markdown_table(summaries) + "\n")
+    print(f"per-policy results under {out}/<policy>/; table in {out / 'comparison.md'}")
+    if not all_ok:
+        print("ray-sched compare: some tasks did not finish ok (see the table)", file=sys.stderr)
+        return 4
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    try:
+        return int(args.func(args) or 0)
+    except RaySchedError as error:
+        print(f"ray-sched {args.command}: error: {error}", file=sys.stderr)
+        return exit_code_for(error)
+    except KeyboardInterrupt:
+        print(f"ray-sched {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
