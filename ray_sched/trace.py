@@ -65,7 +65,7 @@ def read_trace(path: str | Path) -> pd.DataFrame:
         elif suffix == ".parquet":
             frame = pd.read_parquet(path)
         else:
-            frame = pd.read_json(path, lines=True, dtype=False, convert_dates=False)
+            frame = pd.read_json(path, lines=True, dtype=False)
     except (ValueError, OSError, UnicodeDecodeError) as error:
         raise TraceError(str(path), f"cannot be read as {suffix}: {error}") from error
     return validate_frame(frame, source=str(path))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,9 @@ def ray_local():
     ray = pytest.importorskip("ray")
     if ray.is_initialized():
         ray.shutdown()
+    # Workers inherit the environment: let them import functions defined in test modules.
+    paths = [str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     ray.init(num_cpus=RAY_SLOTS, include_dashboard=False, logging_level=logging.WARNING,
              log_to_driver=False)
     yield ray
