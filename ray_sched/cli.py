@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from ray_sched import __version__
-from ray_sched.errors import ConfigError, RaySchedError, exit_code_for
+from ray_sched.errors import RaySchedError, exit_code_for
 
 #: The demo's default: the policies shown side by side.
 DEMO_POLICIES = ("ray-default", "dask", "fifo", "priority")
@@ -117,8 +117,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     print(f"results: {Path(args.out) / 'tasks.parquet'}, {Path(args.out) / 'summary.json'}")
     if not result.ok:
         failed = result.results[result.results["status"] != "ok"]
-        first = failed.iloc[0] if len(failed) else None
-        reason = f"; first: task {first['task_id']!r}: {first['error']}" if first is not None else ""
+        reason = ""
+        if len(failed):
+            first = failed.iloc[0]
+            reason = f"; first: task {first['task_id']!r}: {first['error']}"
         print(f"ray-sched replay: {summary['n_failed']} of {summary['n_tasks']} task(s) did not "
               f"finish ok{reason}", file=sys.stderr)
         return 4
@@ -126,34 +128,21 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from ray_sched.metrics import comparison_table, markdown_table
-    from ray_sched.policies import BASELINES, resolve_policy
-    from ray_sched.replay import replay
+    from ray_sched.metrics import comparison_table
+    from ray_sched.replay import compare
 
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
-    if not policies:
-        raise ConfigError("--policies is empty")
-    for policy in policies:
-        if policy not in BASELINES:
-            resolve_policy(policy)
-    out = Path(args.out)
-    summaries = []
-    all_ok = True
     try:
-        for policy in policies:
-            result = replay(args.trace, policy=policy, slots=args.slots, out=out / policy,
-                            address=args.address, time_scale=args.time_scale, seed=args.seed,
-                            local_schedulers=args.local_schedulers, csv=args.csv,
-                            show_progress=not args.no_progress)
-            summaries.append(result.summary)
-            all_ok &= result.ok
+        results = compare(args.trace, policies, slots=args.slots, out=args.out,
+                          address=args.address, time_scale=args.time_scale, seed=args.seed,
+                          local_schedulers=args.local_schedulers, csv=args.csv,
+                          show_progress=not args.no_progress)
     finally:
         _shutdown_ray()
-    table = comparison_table(summaries)
-    print(table)
-    (out / "comparison.md").write_text(markdown_table(summaries) + "\n")
-    print(f"per-policy results under {out}/<policy>/; table in {out / 'comparison.md'}")
-    if not all_ok:
+    print(comparison_table([r.summary for r in results]))
+    print(f"per-policy results under {args.out}/<policy>/; table in "
+          f"{Path(args.out) / 'comparison.md'}")
+    if not all(r.ok for r in results):
         print("ray-sched compare: some tasks did not finish ok (see the table)", file=sys.stderr)
         return 4
     return 0

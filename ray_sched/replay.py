@@ -147,6 +147,8 @@ def results_frame(tasks: list[Task], completions: dict[str, Completion], t0: flo
             "region": task.region, "priority": task.priority, "cpu": task.cpu,
             "deadline_s": np.nan if task.deadline_s is None else task.deadline_s,
             "placed_s": rel(c.placed_wall),
+            "queued_s": rel(c.queued_wall),
+            "launched_s": rel(c.launched_wall),
             "trace_arrival_s": task.arrival_s,
         })
     frame = pd.DataFrame(rows)
@@ -214,3 +216,31 @@ def replay(trace, *, policy: str, slots: int, out: str | Path | None = None,
         out_dir = Path(out)
         metrics.write_results(out_dir, results, summary, csv=csv)
     return ReplayResult(results, summary, out_dir)
+
+
+def compare(trace, policies: list[str], *, slots: int, out: str | Path,
+            address: str | None = None, time_scale: float = 1.0, seed: int | None = 0,
+            local_schedulers: int | None = None, csv: bool = False,
+            show_progress: bool = True) -> list[ReplayResult]:
+    """Replay one trace under several policies, one after another on the same Ray, into
+    ``out/<policy>/``; writes ``out/comparison.md`` and ``out/summary.csv``.
+
+    Raises:
+        ConfigError: an empty or unknown policy list (checked before anything runs).
+    """
+    if not policies:
+        raise ConfigError("no policy to compare")
+    for policy in policies:
+        if policy not in BASELINES:
+            resolve_policy(policy)
+    out = Path(out)
+    results = []
+    for policy in policies:
+        results.append(replay(trace, policy=policy, slots=slots, out=out / policy,
+                              address=address, time_scale=time_scale, seed=seed,
+                              local_schedulers=local_schedulers, csv=csv,
+                              show_progress=show_progress))
+    summaries = [r.summary for r in results]
+    (out / "comparison.md").write_text(metrics.markdown_table(summaries) + "\n")
+    pd.DataFrame(summaries).to_csv(out / "summary.csv", index=False)
+    return results

@@ -18,7 +18,8 @@ import logging
 import math
 import threading
 import time
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -91,7 +92,7 @@ class TaskFuture:
             return error
         return None
 
-    def add_done_callback(self, fn: Callable[["TaskFuture"], None]) -> None:
+    def add_done_callback(self, fn: Callable[[TaskFuture], None]) -> None:
         self._completion.add_done_callback(lambda _: fn(self))
 
     def __await__(self):
@@ -299,7 +300,7 @@ class Scheduler:
             for listener in self._listeners:
                 try:
                     listener(batch)
-                except Exception:  # noqa: BLE001 - a listener must not stop the pump
+                except Exception:
                     log.exception("completion listener failed")
             for future, completion in zip(futures, batch):
                 if future is not None:
@@ -338,7 +339,7 @@ class Scheduler:
         if self._owns_ray:
             ray.shutdown()
 
-    def __enter__(self) -> "Scheduler":
+    def __enter__(self) -> Scheduler:
         return self
 
     def __exit__(self, *exc_info) -> None:

@@ -42,6 +42,7 @@ class Task:
     predicted_runtime_s: float | None = None
     payload: Any = None                # an ObjectRef of (fn, args, kwargs) for API tasks
     attempts: int = 0
+    queued_wall: float | None = None   # set by the local scheduler on receipt
     seq: int = 0                       # arrival order at the global scheduler (FIFO tie-break)
 
     @property
@@ -65,6 +66,8 @@ class Completion:
     finish_wall: float | None = None
     placed_wall: float | None = None
     submitted_wall: float | None = None
+    queued_wall: float | None = None   # when the local scheduler received it
+    launched_wall: float | None = None  # when the local scheduler launched it
     attempts: int = 1
     error: str = ""
     predicted_runtime_s: float | None = None

@@ -27,13 +27,20 @@ def split_by_weight(total: int, weights: list[float]) -> list[int]:
     if total < parts:
         raise ConfigError(f"{total} slot(s) cannot be split over {parts} local schedulers; "
                           f"give --slots >= {parts}")
-    weight_sum = sum(weights) or parts
-    shares = [1 + (total - parts) * (w or 1) / weight_sum for w in weights]
-    floors = [int(s) for s in shares]
-    order = sorted(range(parts), key=lambda i: shares[i] - floors[i], reverse=True)
-    for i in order[: total - sum(floors)]:
-        floors[i] += 1
-    return floors
+    weights = [w if w > 0 else 0.0 for w in weights]
+    weight_sum = sum(weights)
+    if weight_sum == 0:
+        return split_evenly(total, parts)
+    shares = [total * w / weight_sum for w in weights]
+    counts = [int(s) for s in shares]
+    order = sorted(range(parts), key=lambda i: shares[i] - counts[i], reverse=True)
+    for i in order[: total - sum(counts)]:
+        counts[i] += 1
+    for i in range(parts):  # every part gets at least one, taken from the largest
+        if counts[i] == 0:
+            counts[max(range(parts), key=lambda j: counts[j])] -= 1
+            counts[i] = 1
+    return counts
 
 
 def plan_local_schedulers(nodes: list[NodeInfo], slots: int, *, count: int | None = None,
@@ -42,7 +49,8 @@ def plan_local_schedulers(nodes: list[NodeInfo], slots: int, *, count: int | Non
 
     Default: one per node, with the slots split in proportion to each node's CPUs.
     With ``count``: that many, spread over the nodes in turn, slots split evenly.
-    With ``regions``: scheduler *i* serves ``regions[i % len(regions)]`` (when there
+    With ``regions``: scheduler *i* serves the *i*-th of the sorted distinct regions, in
+    turn (when there
     are fewer schedulers than regions, the regions left without one are served by any).
 
     Raises:

@@ -8,8 +8,8 @@ Errors name the file, the 1-based data row and the column.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -89,7 +89,10 @@ def _first_bad(source: str, mask: np.ndarray | pd.Series, column: str, message: 
     if mask.any():
         position = int(np.argmax(mask))
         count = int(mask.sum())
-        shown = f" (got {values.iloc[position]!r})" if values is not None else ""
+        shown = ""
+        if values is not None:
+            value = values.iloc[position]
+            shown = f" (got {value.item() if isinstance(value, np.generic) else value!r})"
         more = f"; {count - 1} more row(s) like it" if count > 1 else ""
         raise TraceError(source, f"{message}{shown}{more}", row=position + 1, column=column)
 
@@ -167,12 +170,18 @@ def validate_frame(frame: pd.DataFrame, source: str = "<frame>") -> pd.DataFrame
                 lambda v, d=default: d if v is None or (isinstance(v, float) and np.isnan(v))
                 else str(v))
     if "region" in frame.columns:
-        frame["region"] = frame["region"].map(
-            lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
+        # object dtype, so that pandas keeps None (not NaN) for rows without a region
+        frame["region"] = pd.Series(
+            [None if _missing(v) else str(v) for v in frame["region"]], dtype=object,
+            index=frame.index)
     if "parent_id" in frame.columns:
         frame["parent_id"] = _id_text(frame["parent_id"])
         _check_parents(frame, source)
     return frame
+
+
+def _missing(value: object) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value))
 
 
 def split_parents(value: object) -> tuple[str, ...]:
@@ -291,7 +300,8 @@ def frame_to_tasks(frame: pd.DataFrame, time_scale: float = 1.0) -> list[Task]:
             task_id=task_id,
             arrival_s=float(arrival) * time_scale,
             runtime_s=float(runtime) * time_scale,
-            kind=kind, tenant=tenant, region=region, priority=int(priority),
+            kind=kind, tenant=tenant, region=None if _missing(region) else region,
+            priority=int(priority),
             deadline_s=None if deadline is None or np.isnan(deadline)
             else float(deadline) * time_scale,
             parents=split_parents(parent),

@@ -203,7 +203,7 @@ def test_missing_swf_file_is_a_convert_error(tmp_path):
         convert_swf(tmp_path / "absent.swf")
 
 
-# ----------------------------------------------------------------------------- WfInstances: real files
+# --- WfInstances: real files
 
 
 def _spec_edges(path: Path) -> set[tuple[str, str]]:
@@ -284,7 +284,7 @@ def test_wfinstances_tenant_argument_overrides_the_workflow_name():
     assert set(frame["tenant"]) == {"lab-a"}
 
 
-# ----------------------------------------------------------------------------- WfInstances: small files
+# --- WfInstances: small files
 
 
 def _workflow(tasks: list[dict], runtimes: dict[str, float], name: str = "tiny") -> dict:

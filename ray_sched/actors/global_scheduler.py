@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 
-
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -67,7 +66,7 @@ class GlobalScheduler:
             self._ready.clear()
             try:
                 await asyncio.wait_for(self._ready.wait(), timeout=wait_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return []
         batch, self._outbox = self._outbox, []
         return batch

@@ -8,6 +8,7 @@ batches (every completion that arrives in one event-loop turn goes in one call).
 from __future__ import annotations
 
 import asyncio
+import time
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -41,6 +42,9 @@ class LocalScheduler:
             {"scheduling_strategy": self._strategy})
 
     async def enqueue(self, tasks: list[Task]) -> None:
+        now = time.time()
+        for task in tasks:
+            task.queued_wall = now
         self.core.enqueue(tasks)
         self._dispatch()
 
@@ -65,13 +69,14 @@ class LocalScheduler:
                 value_ref = None
             else:
                 meta_ref, value_ref = self._launcher("call", cpu).remote(task.payload)
-            watcher = asyncio.ensure_future(self._watch(task, meta_ref, value_ref))
+            watcher = asyncio.ensure_future(self._watch(task, meta_ref, value_ref, time.time()))
             self._watchers.add(watcher)
             watcher.add_done_callback(self._watchers.discard)
 
-    async def _watch(self, task: Task, meta_ref, value_ref) -> None:
+    async def _watch(self, task: Task, meta_ref, value_ref, launched_wall: float) -> None:
         completion = Completion(task.task_id, "ok", worker=self.name, node=self.node_id,
-                                attempts=task.attempts, value_ref=value_ref)
+                                attempts=task.attempts, value_ref=value_ref,
+                                queued_wall=task.queued_wall, launched_wall=launched_wall)
         try:
             meta = await meta_ref
             completion.start_wall, completion.finish_wall = meta[0], meta[1]

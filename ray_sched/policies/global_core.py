@@ -143,8 +143,11 @@ class GlobalCore:
     def _release_load(self, entry: LedgerEntry) -> None:
         worker = self.workers[entry.worker]
         task = entry.task
-        worker.outstanding_cpu = max(0.0, worker.outstanding_cpu - task.cpu)
         worker.outstanding_tasks = max(0, worker.outstanding_tasks - 1)
+        if worker.outstanding_tasks == 0:  # no float residue on an idle scheduler
+            worker.outstanding_cpu = worker.true_backlog_s = worker.predicted_backlog_s = 0.0
+            return
+        worker.outstanding_cpu = max(0.0, worker.outstanding_cpu - task.cpu)
         worker.true_backlog_s = max(0.0, worker.true_backlog_s - (task.runtime_s or 0.0))
         worker.predicted_backlog_s = max(
             0.0, worker.predicted_backlog_s - (task.predicted_runtime_s or 0.0))

@@ -48,8 +48,8 @@ class LocalCore:
 
     def enqueue(self, tasks: list[Task]) -> None:
         for task in tasks:
-            if task.task_id in self.running:
-                continue  # a duplicate delivery of a task already running: run it once
+            if task.task_id in self.running or task.task_id in self.queue:
+                continue  # a duplicate delivery of a task already here: run it once
             self.queue.push(task)
 
     def _demand(self, task: Task) -> float:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 from ray_sched.task import MAX_PRIORITY, Task
 
@@ -87,9 +87,10 @@ class TaskQueue:
 
     def __init__(self, ordering: OrderingPolicy):
         self.ordering = ordering
-        self._heap: list[tuple[tuple, int, Task]] = []
+        self._heap: list[tuple[tuple, int, int, Task]] = []
         self._live: dict[str, Task] = {}
         self._cpu = 0.0
+        self._pushes = 0  # last tie-break: push order, so Tasks themselves are never compared
 
     def __len__(self) -> int:
         return len(self._live)
@@ -110,22 +111,23 @@ class TaskQueue:
             raise ValueError(f"task {task.task_id!r} is already queued")
         self._live[task.task_id] = task
         self._cpu += task.cpu
-        heapq.heappush(self._heap, (self.ordering.key(task), task.seq, task))
+        self._pushes += 1
+        heapq.heappush(self._heap, (self.ordering.key(task), task.seq, self._pushes, task))
 
     def _drop_dead(self) -> None:
         heap = self._heap
-        while heap and self._live.get(heap[0][2].task_id) is not heap[0][2]:
+        while heap and self._live.get(heap[0][-1].task_id) is not heap[0][-1]:
             heapq.heappop(heap)
 
     def peek(self) -> Task | None:
         self._drop_dead()
-        return self._heap[0][2] if self._heap else None
+        return self._heap[0][-1] if self._heap else None
 
     def pop(self) -> Task:
         self._drop_dead()
         if not self._heap:
             raise IndexError("pop from an empty TaskQueue")
-        task = heapq.heappop(self._heap)[2]
+        task = heapq.heappop(self._heap)[-1]
         del self._live[task.task_id]
         self._cpu -= task.cpu
         return task

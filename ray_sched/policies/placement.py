@@ -9,8 +9,8 @@ never talk to Ray.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from ray_sched.task import Task
 
@@ -89,11 +89,13 @@ class RoundRobin(PlacementPolicy):
 
     def __init__(self, *, seed: int | None = 0):
         super().__init__(seed=seed)
-        self._turn = 0
+        self._turns: dict[tuple[int, ...], int] = {}  # one turn per candidate set (region)
 
     def _pick(self, task, loads, options):
-        self._turn += 1
-        return options[self._turn % len(options)], "round-robin turn"
+        key = tuple(options)
+        turn = self._turns.get(key, -1) + 1
+        self._turns[key] = turn
+        return options[turn % len(options)], "round-robin turn"
 
 
 class LeastLoaded(PlacementPolicy):
