@@ -55,6 +55,23 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                              "trace has regions); default: one per Ray node")
     parser.add_argument("--csv", action="store_true", help="also write tasks.csv")
     parser.add_argument("--no-progress", action="store_true", help="no progress output")
+    _add_model_options(parser)
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("learner (policies that predict, e.g. ml)")
+    group.add_argument("--model-dir", default="models",
+                       help="where checkpoints are written (default models/)")
+    source = group.add_mutually_exclusive_group()
+    source.add_argument("--model", default=None,
+                        help="start from this checkpoint (file or directory); default: the "
+                             "latest in --model-dir")
+    source.add_argument("--fresh", action="store_true",
+                        help="start the learner from nothing")
+
+
+def _model_options(args: argparse.Namespace) -> dict:
+    return {"model_dir": args.model_dir, "model": args.model, "fresh": args.fresh}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,6 +102,28 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"comma-separated policies (default {','.join(DEMO_POLICIES)})")
     compare.set_defaults(func=cmd_compare)
 
+    simulate = commands.add_parser(
+        "simulate", help="run a trace under one policy on the simulator (virtual time)",
+        description="The same policies and learner on a virtual clock, N slots over K nodes; "
+                    "writes the same OUT/tasks.parquet and OUT/summary.json as replay.")
+    simulate.add_argument("trace")
+    simulate.add_argument("--policy", required=True)
+    simulate.add_argument("--slots", type=_positive_int, required=True)
+    simulate.add_argument("--out", required=True)
+    simulate.add_argument("--nodes", type=_positive_int, default=1)
+    simulate.add_argument("--seed", type=int, default=0)
+    simulate.add_argument("--time-scale", type=_positive_float, default=1.0)
+    simulate.add_argument("--local-schedulers", type=_positive_int, default=None)
+    simulate.add_argument("--csv", action="store_true")
+    simulate.set_defaults(func=cmd_simulate)
+
+    model = commands.add_parser("model", help="inspect learner checkpoints")
+    model_commands = model.add_subparsers(dest="model_command", metavar="ACTION")
+    model_commands.required = True
+    show = model_commands.add_parser("show", help="print what a checkpoint holds")
+    show.add_argument("path", help="a checkpoint .json file, or a directory (its latest)")
+    show.set_defaults(func=cmd_model_show)
+
     try:
         from ray_sched.workloads.cli import register
     except ImportError:  # pragma: no cover - workloads are part of the package
@@ -107,21 +146,26 @@ def cmd_replay(args: argparse.Namespace) -> int:
         result = replay(args.trace, policy=args.policy, slots=args.slots, out=args.out,
                         address=args.address, time_scale=args.time_scale, seed=args.seed,
                         local_schedulers=args.local_schedulers, csv=args.csv,
-                        show_progress=not args.no_progress)
+                        show_progress=not args.no_progress,
+                        model_options=_model_options(args))
     finally:
         _shutdown_ray()
+    return _report(result, args.out, "replay")
+
+
+def _report(result, out: str, command: str) -> int:
     summary = result.summary
     print(json.dumps({k: summary[k] for k in ("policy", "n_tasks", "n_ok", "n_failed",
                                               "jct_mean_s", "jct_p99_s", "makespan_s",
                                               "sched_overhead_ms_mean")}))
-    print(f"results: {Path(args.out) / 'tasks.parquet'}, {Path(args.out) / 'summary.json'}")
+    print(f"results: {Path(out) / 'tasks.parquet'}, {Path(out) / 'summary.json'}")
     if not result.ok:
         failed = result.results[result.results["status"] != "ok"]
         reason = ""
         if len(failed):
             first = failed.iloc[0]
             reason = f"; first: task {first['task_id']!r}: {first['error']}"
-        print(f"ray-sched replay: {summary['n_failed']} of {summary['n_tasks']} task(s) did not "
+        print(f"ray-sched {command}: {summary['n_failed']} of {summary['n_tasks']} task(s) did not "
               f"finish ok{reason}", file=sys.stderr)
         return 4
     return 0
@@ -136,7 +180,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         results = compare(args.trace, policies, slots=args.slots, out=args.out,
                           address=args.address, time_scale=args.time_scale, seed=args.seed,
                           local_schedulers=args.local_schedulers, csv=args.csv,
-                          show_progress=not args.no_progress)
+                          show_progress=not args.no_progress,
+                          model_options=_model_options(args))
     finally:
         _shutdown_ray()
     print(comparison_table([r.summary for r in results]))
@@ -145,6 +190,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if not all(r.ok for r in results):
         print("ray-sched compare: some tasks did not finish ok (see the table)", file=sys.stderr)
         return 4
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from ray_sched.replay import simulate_trace
+
+    result = simulate_trace(args.trace, policy=args.policy, slots=args.slots, out=args.out,
+                            nodes=args.nodes, time_scale=args.time_scale, seed=args.seed,
+                            local_schedulers=args.local_schedulers, csv=args.csv)
+    return _report(result, args.out, "simulate")
+
+
+def cmd_model_show(args: argparse.Namespace) -> int:
+    from ray_sched.learner import describe_checkpoint
+
+    print(describe_checkpoint(args.path))
     return 0
 
 

@@ -54,12 +54,11 @@ def load_tasks(trace, time_scale: float = 1.0) -> tuple[pd.DataFrame, list[Task]
 
 def make_engine(policy: str, slots: int, *, address: str | None = None,
                 local_schedulers: int | None = None, regions: list[str] | None = None,
-                seed: int | None = 0) -> Engine:
+                seed: int | None = 0, model_options: dict | None = None) -> Engine:
     """The engine for a policy name: ours (a Scheduler), ``ray-default`` or ``dask``."""
     if policy == "dask":
         from ray_sched.baselines.dask_engine import DaskEngine
         return DaskEngine(slots)
-    import ray
     if policy == "ray-default":
         from ray_sched.baselines.ray_default import RayDefaultEngine
         _ensure_ray(slots, address)
@@ -67,21 +66,14 @@ def make_engine(policy: str, slots: int, *, address: str | None = None,
     resolve_policy(policy)  # a clear error before Ray starts
     _ensure_ray(slots, address)
     from ray_sched.scheduler import Scheduler
-    assert ray.is_initialized()
     return SchedulerEngine(Scheduler(policy, slots, address=address,
                                      local_schedulers=local_schedulers, regions=regions,
-                                     seed=seed))
+                                     seed=seed, **(model_options or {})))
 
 
 def _ensure_ray(slots: int, address: str | None) -> None:
-    import ray
-    if ray.is_initialized():
-        return
-    if address is None:
-        ray.init(num_cpus=slots, include_dashboard=False, logging_level=logging.WARNING,
-                 log_to_driver=False)
-    else:
-        ray.init(address=address, logging_level=logging.WARNING)
+    from ray_sched.actors.runtime import ensure_ray
+    ensure_ray(slots, address)
 
 
 def drive(engine: Engine, tasks: list[Task], *, progress: Progress | None = None
@@ -139,17 +131,18 @@ def results_frame(tasks: list[Task], completions: dict[str, Completion], t0: flo
         rows.append({
             "task_id": task.task_id, "policy": policy, "worker": c.worker, "node": c.node,
             "arrival_s": arrival, "start_s": start, "finish_s": finish,
-            "predicted_runtime_s": np.nan if c.predicted_runtime_s is None
-            else c.predicted_runtime_s,
+            "predicted_runtime_s": _or_nan(c.predicted_runtime_s),
             "measured_runtime_s": finish - start if c.status == "ok" else np.nan,
             "attempts": c.attempts, "status": c.status, "error": c.error or "",
             "runtime_s": task.runtime_s, "kind": task.kind, "tenant": task.tenant,
             "region": task.region, "priority": task.priority, "cpu": task.cpu,
             "deadline_s": np.nan if task.deadline_s is None else task.deadline_s,
+            "received_s": rel(c.received_wall),
             "placed_s": rel(c.placed_wall),
             "queued_s": rel(c.queued_wall),
             "launched_s": rel(c.launched_wall),
             "trace_arrival_s": task.arrival_s,
+            "predicted_p90_s": _or_nan(c.predicted_p90_s),
         })
     frame = pd.DataFrame(rows)
     frame["deadline_met"] = metrics.deadline_met(frame["arrival_s"], frame["finish_s"],
@@ -158,11 +151,32 @@ def results_frame(tasks: list[Task], completions: dict[str, Completion], t0: flo
     return frame
 
 
+def _or_nan(value: float | None) -> float:
+    return np.nan if value is None else value
+
+
+def prediction_quality(frame: pd.DataFrame) -> dict:
+    """MAE of log runtime and p90 coverage over all, and over the second half by arrival."""
+    ok = frame[(frame["status"] == "ok") & frame["predicted_runtime_s"].notna()]
+    if ok.empty:
+        return {}
+    ok = ok.sort_values("trace_arrival_s")
+    log_error = np.abs(np.log(ok["predicted_runtime_s"].clip(lower=1e-6))
+                       - np.log(ok["measured_runtime_s"].clip(lower=1e-6)))
+    covered = ok["measured_runtime_s"] <= ok["predicted_p90_s"]
+    half = len(ok) // 2
+    return {"prediction_mae_log": float(log_error.mean()),
+            "prediction_mae_log_second_half": float(log_error.iloc[half:].mean()),
+            "prediction_p90_coverage": float(covered.mean()),
+            "prediction_p90_coverage_second_half": float(covered.iloc[half:].mean())}
+
+
 def summarize(frame: pd.DataFrame, policy: str, slots: int, extras: dict) -> dict:
     summary = metrics.summarize(frame, policy=policy, slots=slots)
     lag_ms = (frame["arrival_s"] - frame["trace_arrival_s"]).to_numpy() * 1000.0
     summary["arrival_lag_ms_p50"] = float(np.median(lag_ms))
     summary["arrival_lag_ms_max"] = float(np.max(lag_ms))
+    summary.update(prediction_quality(frame))
     summary.update(extras)
     return summary
 
@@ -170,7 +184,8 @@ def summarize(frame: pd.DataFrame, policy: str, slots: int, extras: dict) -> dic
 def replay(trace, *, policy: str, slots: int, out: str | Path | None = None,
            address: str | None = None, time_scale: float = 1.0, seed: int | None = 0,
            local_schedulers: int | None = None, csv: bool = False,
-           show_progress: bool = True, engine: Engine | None = None) -> ReplayResult:
+           show_progress: bool = True, engine: Engine | None = None,
+           model_options: dict | None = None) -> ReplayResult:
     """Replay a trace under one policy and (optionally) write ``out/tasks.parquet`` and
     ``out/summary.json``.
 
@@ -183,8 +198,9 @@ def replay(trace, *, policy: str, slots: int, out: str | Path | None = None,
         time_scale: multiplies arrivals, runtimes and deadlines.
         local_schedulers: how many local schedulers (default: one per node); regions of
             the trace are assigned to them in turn.
-        engine: an engine already set up (used by ``compare`` to share one Ray); it is
-            not closed here.
+        engine: an engine already set up; it is not closed here.
+        model_options: for policies that predict: ``model_dir``, ``model``, ``fresh``,
+            ``checkpoint_every`` (see :class:`ray_sched.Scheduler`).
 
     Raises:
         TraceError: a bad trace. ConfigError: a bad policy, slot count or time scale.
@@ -200,7 +216,8 @@ def replay(trace, *, policy: str, slots: int, out: str | Path | None = None,
     own_engine = engine is None
     if own_engine:
         engine = make_engine(policy, slots, address=address, local_schedulers=local_schedulers,
-                             regions=regions if local_schedulers else None, seed=seed)
+                             regions=regions if local_schedulers else None, seed=seed,
+                             model_options=model_options)
     progress = Progress(f"replay {policy}", len(tasks), enabled=show_progress)
     try:
         t0, completions = drive(engine, tasks, progress=progress)
@@ -208,9 +225,15 @@ def replay(trace, *, policy: str, slots: int, out: str | Path | None = None,
         if own_engine:
             engine.close()
     results = results_frame(tasks, completions, t0, policy)
-    summary = summarize(results, policy, slots, {"time_scale": time_scale, "seed": seed,
-                                                  "trace": str(trace) if isinstance(
-                                                      trace, (str, Path)) else "<frame>"})
+    extras = {"time_scale": time_scale, "seed": seed,
+              "trace": str(trace) if isinstance(trace, (str, Path)) else "<frame>"}
+    learner_info = getattr(getattr(engine, "scheduler", None), "learner_info", None)
+    if learner_info:
+        extras["learner_loaded_from"] = learner_info.get("loaded_from")
+        extras["learner_checkpoint"] = learner_info.get("last_checkpoint")
+        extras["learner_fallback_batches"] = learner_info.get("fallback_batches")
+        extras["learner_drift_events"] = learner_info.get("stats", {}).get("drift_events")
+    summary = summarize(results, policy, slots, extras)
     out_dir = None
     if out is not None:
         out_dir = Path(out)
@@ -221,7 +244,8 @@ def replay(trace, *, policy: str, slots: int, out: str | Path | None = None,
 def compare(trace, policies: list[str], *, slots: int, out: str | Path,
             address: str | None = None, time_scale: float = 1.0, seed: int | None = 0,
             local_schedulers: int | None = None, csv: bool = False,
-            show_progress: bool = True) -> list[ReplayResult]:
+            show_progress: bool = True, model_options: dict | None = None
+            ) -> list[ReplayResult]:
     """Replay one trace under several policies, one after another on the same Ray, into
     ``out/<policy>/``; writes ``out/comparison.md`` and ``out/summary.csv``.
 
@@ -239,8 +263,45 @@ def compare(trace, policies: list[str], *, slots: int, out: str | Path,
         results.append(replay(trace, policy=policy, slots=slots, out=out / policy,
                               address=address, time_scale=time_scale, seed=seed,
                               local_schedulers=local_schedulers, csv=csv,
-                              show_progress=show_progress))
+                              show_progress=show_progress, model_options=model_options))
     summaries = [r.summary for r in results]
     (out / "comparison.md").write_text(metrics.markdown_table(summaries) + "\n")
     pd.DataFrame(summaries).to_csv(out / "summary.csv", index=False)
     return results
+
+
+def simulate_trace(trace, *, policy: str, slots: int, out: str | Path | None = None,
+                   nodes: int = 1, time_scale: float = 1.0, seed: int | None = 0,
+                   local_schedulers: int | None = None, csv: bool = False,
+                   launch_overhead_s: float | None = None) -> ReplayResult:
+    """Like :func:`replay`, on the simulator's virtual clock instead of Ray (same files).
+
+    Raises:
+        ConfigError: a baseline policy (``ray-default`` and ``dask`` exist only for real).
+    """
+    from ray_sched.sim.engine import DEFAULT_LAUNCH_OVERHEAD_S, simulate
+
+    if policy in BASELINES:
+        raise ConfigError(f"{policy!r} cannot be simulated: it measures another scheduler; "
+                          f"use `ray-sched replay --policy {policy}`")
+    if not isinstance(slots, int) or slots < 1:
+        raise ConfigError(f"--slots must be an integer >= 1, got {slots!r}")
+    resolve_policy(policy)
+    _frame, tasks = load_tasks(trace, time_scale)
+    regions = sorted({t.region for t in tasks if t.region is not None}) or None
+    completions, learner = simulate(
+        tasks, policy=policy, slots=slots, nodes=nodes, local_schedulers=local_schedulers,
+        regions=regions if local_schedulers else None, seed=seed,
+        launch_overhead_s=DEFAULT_LAUNCH_OVERHEAD_S if launch_overhead_s is None
+        else launch_overhead_s)
+    results = results_frame(tasks, completions, 0.0, policy)
+    extras = {"time_scale": time_scale, "seed": seed, "engine": "simulator", "nodes": nodes,
+              "trace": str(trace) if isinstance(trace, (str, Path)) else "<frame>"}
+    if learner is not None:
+        extras["learner_drift_events"] = learner.stats()["drift_events"]
+    summary = summarize(results, policy, slots, extras)
+    out_dir = None
+    if out is not None:
+        out_dir = Path(out)
+        metrics.write_results(out_dir, results, summary, csv=csv)
+    return ReplayResult(results, summary, out_dir)

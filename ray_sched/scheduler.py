@@ -19,6 +19,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -26,7 +27,9 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ray_sched.actors import GlobalScheduler
 from ray_sched.actors.execute import RaisedError
+from ray_sched.actors.runtime import ensure_ray
 from ray_sched.errors import ConfigError, SchedulerClosedError, TaskFailedError
+from ray_sched.learner.learner import DEFAULT_CHECKPOINT_EVERY
 from ray_sched.policies import BASELINES, resolve_policy
 from ray_sched.task import DEFAULT_KIND, DEFAULT_TENANT, MAX_PRIORITY, Completion, Task
 from ray_sched.topology import NodeInfo, plan_local_schedulers
@@ -145,6 +148,12 @@ class Scheduler:
         warmup: start every slot's worker process before returning, so that the first
             tasks do not pay for process start-up.
         actor_options: passed to the GlobalScheduler actor's ``.options()``.
+        model_dir: where the learner writes its checkpoints (policies that predict);
+            None writes none.
+        model: a checkpoint (file or directory) to start the learner from; by default
+            the latest in ``model_dir``.
+        fresh: start the learner from nothing, ignoring any checkpoint.
+        checkpoint_every: completions between two learner checkpoints.
 
     Raises:
         ConfigError: an unknown policy, a baseline name, or slots that cannot be split.
@@ -153,21 +162,16 @@ class Scheduler:
     def __init__(self, policy: str = "fifo", slots: int | None = None, *,
                  address: str | None = None, local_schedulers: int | None = None,
                  regions: list[str] | None = None, seed: int | None = 0, warmup: bool = True,
-                 actor_options: dict | None = None):
+                 actor_options: dict | None = None, model_dir: str | None = "models",
+                 model: str | None = None, fresh: bool = False,
+                 checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY):
         if policy in BASELINES:
             raise ConfigError(f"{policy!r} is a baseline: use ray_sched.replay.replay() or "
                               f"`ray-sched replay --policy {policy}` to measure it")
         self.policy = resolve_policy(policy)
         if slots is not None and (not isinstance(slots, int) or slots < 1):
             raise ConfigError(f"slots must be an integer >= 1, got {slots!r}")
-        self._owns_ray = False
-        if not ray.is_initialized():
-            if address is None:
-                ray.init(num_cpus=slots or None, include_dashboard=False,
-                         logging_level=logging.WARNING, log_to_driver=False)
-            else:
-                ray.init(address=address, logging_level=logging.WARNING)
-            self._owns_ray = True
+        self._owns_ray = ensure_ray(slots, address)
         nodes = [NodeInfo(n["NodeID"], n["Resources"].get("CPU", 0.0))
                  for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) > 0]
         self.slots = slots or int(sum(n.cpus for n in nodes))
@@ -176,8 +180,17 @@ class Scheduler:
         here = ray.get_runtime_context().get_node_id()
         options = {"scheduling_strategy": NodeAffinitySchedulingStrategy(here, soft=True)}
         options.update(actor_options or {})
+        learner_options = None
+        if self.policy.needs_predictions:
+            if model is not None and not Path(model).exists():
+                raise ConfigError(f"--model {model}: no such checkpoint file or directory")
+            learner_options = {
+                "model_dir": None if model_dir is None else str(Path(model_dir).resolve()),
+                "load": None if fresh else (str(Path(model).resolve()) if model else "latest"),
+                "checkpoint_every": checkpoint_every}
+        self.learner_info: dict | None = None
         self._global = GlobalScheduler.options(**options).remote(
-            self.plan, self.policy.ordering, self.policy.placement, seed)
+            self.plan, self.policy.ordering, self.policy.placement, seed, learner_options)
         ray.get(self._global.ready.remote(), timeout=STARTUP_TIMEOUT_S)
         if warmup:
             ray.get(self._global.warmup.remote(), timeout=STARTUP_TIMEOUT_S)
@@ -332,7 +345,7 @@ class Scheduler:
             future._fail(SchedulerClosedError(f"task {future.task_id!r}: the scheduler was "
                                               f"shut down before it finished"))
         try:
-            ray.get(self._global.shutdown.remote(), timeout=10)
+            self.learner_info = ray.get(self._global.shutdown.remote(), timeout=60)
             ray.kill(self._global)
         except Exception as error:  # noqa: BLE001 - shutting down anyway
             log.debug("global scheduler shutdown: %s", error)

@@ -39,9 +39,14 @@ class Task:
     features: dict[str, Any] = field(default_factory=dict)
     # Filled in by the schedulers on the way through.
     submitted_at: float = 0.0          # wall clock (time.time()) when handed to the scheduler
-    predicted_runtime_s: float | None = None
+    predicted_runtime_s: float | None = None   # the learner's p50
+    predicted_p90_s: float | None = None
+    predicted_mean_s: float | None = None
+    priority_declared: bool = True     # False: the trace left it empty, the learner predicts it
+    effective_priority: float | None = None  # declared, or predicted when not declared
     payload: Any = None                # an ObjectRef of (fn, args, kwargs) for API tasks
     attempts: int = 0
+    received_wall: float | None = None  # set by the global scheduler on receipt
     queued_wall: float | None = None   # set by the local scheduler on receipt
     seq: int = 0                       # arrival order at the global scheduler (FIFO tie-break)
 
@@ -66,11 +71,13 @@ class Completion:
     finish_wall: float | None = None
     placed_wall: float | None = None
     submitted_wall: float | None = None
+    received_wall: float | None = None  # when the global scheduler received it
     queued_wall: float | None = None   # when the local scheduler received it
     launched_wall: float | None = None  # when the local scheduler launched it
     attempts: int = 1
     error: str = ""
     predicted_runtime_s: float | None = None
+    predicted_p90_s: float | None = None
     value_ref: Any = None              # ObjectRef of the function's return value (API tasks)
 
     @property

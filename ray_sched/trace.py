@@ -155,7 +155,8 @@ def validate_frame(frame: pd.DataFrame, source: str = "<frame>") -> pd.DataFrame
                                 | (values > MAX_PRIORITY))
         _first_bad(source, bad, "priority", f"priority must be an integer 0..{MAX_PRIORITY}",
                    frame["priority"])
-        frame["priority"] = values.fillna(0).astype(int)
+        # Nullable: an empty priority is "not declared" (the learner may predict one).
+        frame["priority"] = values.astype("Int64")
     for column in ("deadline_s", "cpu"):
         if column in frame.columns:
             values = _numeric(frame, source, column)
@@ -301,7 +302,8 @@ def frame_to_tasks(frame: pd.DataFrame, time_scale: float = 1.0) -> list[Task]:
             arrival_s=float(arrival) * time_scale,
             runtime_s=float(runtime) * time_scale,
             kind=kind, tenant=tenant, region=None if _missing(region) else region,
-            priority=int(priority),
+            priority=0 if _missing(priority) else int(priority),
+            priority_declared=not _missing(priority),
             deadline_s=None if deadline is None or np.isnan(deadline)
             else float(deadline) * time_scale,
             parents=split_parents(parent),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
@@ -25,8 +24,8 @@ def ray_local():
     # Workers inherit the environment: let them import functions defined in test modules.
     paths = [str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
-    ray.init(num_cpus=RAY_SLOTS, include_dashboard=False, logging_level=logging.WARNING,
-             log_to_driver=False)
+    from ray_sched.actors.runtime import ensure_ray
+    ensure_ray(RAY_SLOTS)
     yield ray
     ray.shutdown()
 

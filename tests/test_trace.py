@@ -135,9 +135,12 @@ def test_a_priority_outside_0_to_9_or_not_integral_is_refused(tmp_path, priority
     assert "priority must be an integer 0..9" in str(error)
 
 
-def test_priorities_0_to_9_are_accepted_and_a_missing_one_is_0():
+def test_priorities_0_to_9_are_accepted_and_a_missing_one_is_undeclared():
     frame = validate_frame(trace(priority=[0.0, 9.0, None]))
-    assert frame["priority"].tolist() == [0, 9, 0]
+    assert frame["priority"].tolist()[:2] == [0, 9] and pd.isna(frame["priority"].iloc[2])
+    tasks = frame_to_tasks(frame)
+    assert [t.priority for t in tasks] == [0, 9, 0]
+    assert [t.priority_declared for t in tasks] == [True, True, False]
 
 
 @pytest.mark.parametrize("column", ["deadline_s", "cpu"])

@@ -9,21 +9,47 @@ without a busy loop).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
+import time
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from ray_sched.actors.learner_actor import LearnerActor
 from ray_sched.actors.local_scheduler import LocalScheduler
+from ray_sched.learner import FallbackPredictor
 from ray_sched.policies import PLACEMENTS
 from ray_sched.policies.global_core import GlobalCore
 from ray_sched.policies.placement import WorkerLoad
 from ray_sched.task import Completion, Task
 
+log = logging.getLogger(__name__)
+
+#: How long a batch waits for the learner's predictions before the fallback answers.
+PREDICT_TIMEOUT_S = 1.0
+
+
+def _for_learning(task: Task) -> Task:
+    """The task without its payload (the learner needs features, not the function)."""
+    return dataclasses.replace(task, payload=None) if task.payload is not None else task
+
 
 @ray.remote(num_cpus=0)
 class GlobalScheduler:
-    def __init__(self, plan: list[dict], ordering: str, placement: str, seed: int | None = 0):
+    def __init__(self, plan: list[dict], ordering: str, placement: str, seed: int | None = 0,
+                 learner_options: dict | None = None):
         me = ray.get_runtime_context().current_actor
+        here = ray.get_runtime_context().get_node_id()
+        # The learner, when the policy needs predictions; the fallback serves while it
+        # is unreachable (dead, restarting, slow) and before it answers at all.
+        self.learner = None
+        if learner_options is not None:
+            self.learner = LearnerActor.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True),
+            ).remote(**learner_options)
+        self.fallback = FallbackPredictor()
+        self.n_fallback_batches = 0
         self.plan = plan
         self.locals = [
             LocalScheduler.options(
@@ -42,20 +68,53 @@ class GlobalScheduler:
         self.n_recorded = 0
 
     async def ready(self) -> list[dict]:
-        """Wait until every local scheduler is up; returns their descriptions."""
-        return list(await asyncio.gather(*(local.ping.remote() for local in self.locals)))
+        """Wait until every local scheduler (and the learner) is up; returns their descriptions."""
+        described = list(await asyncio.gather(*(local.ping.remote() for local in self.locals)))
+        if self.learner is not None:
+            described.append({"learner": await self.learner.info.remote()})
+        return described
 
     async def warmup(self) -> None:
         await asyncio.gather(*(local.warmup.remote() for local in self.locals))
 
     async def submit(self, tasks: list[Task]) -> None:
+        now = time.time()
+        for task in tasks:
+            task.received_wall = now
+        if self.learner is not None:
+            await self._predict(tasks)
         placements, failed = self.core.admit(tasks)
         self._send(placements)
         self._record(failed)
 
+    async def _predict(self, tasks: list[Task]) -> None:
+        try:
+            predictions = await asyncio.wait_for(self.learner.predict.remote(tasks),
+                                                 timeout=PREDICT_TIMEOUT_S)
+        except Exception as error:  # noqa: BLE001 - the fallback keeps scheduling going
+            self.n_fallback_batches += 1
+            if self.n_fallback_batches == 1 or self.n_fallback_batches % 100 == 0:
+                log.warning("learner unavailable (%s); heuristic fallback in use", error)
+            predictions = self.fallback.predict(tasks)
+        predictions.apply(tasks)
+
+    def _observe(self, completions: list[Completion]) -> None:
+        tasks, measured = [], []
+        for completion in completions:
+            entry = self.core.ledger.get(completion.task_id)
+            runtime = completion.measured_runtime_s
+            if entry is not None and completion.status == "ok" and runtime is not None:
+                tasks.append(_for_learning(entry.task))
+                measured.append(runtime)
+        if tasks:
+            self.fallback.observe(tasks, measured)
+            self.learner.observe.remote(tasks, measured)
+
     async def completed(self, local_name: str, completions: list[Completion],
                         snapshot: dict) -> None:
         self.snapshots[local_name] = snapshot
+        if self.learner is not None:
+            self._observe(completions)
         recorded, placements = self.core.complete(completions)
         self._send(placements)
         self._record(recorded)
@@ -84,9 +143,27 @@ class GlobalScheduler:
     async def story(self, task_id: str) -> list[dict]:
         return self.core.story(task_id)
 
-    async def shutdown(self) -> None:
+    async def learner_info(self) -> dict | None:
+        if self.learner is None:
+            return None
+        info = await self.learner.info.remote()
+        info["stats"] = await self.learner.stats.remote()
+        info["fallback_batches"] = self.n_fallback_batches
+        return info
+
+    async def shutdown(self) -> dict | None:
+        """Stop the local schedulers; checkpoint the learner. Returns the learner's info."""
         for local in self.locals:
             ray.kill(local)
+        info = None
+        if self.learner is not None:
+            try:
+                await asyncio.wait_for(self.learner.checkpoint.remote(), timeout=30)
+                info = await asyncio.wait_for(self.learner_info(), timeout=30)
+            except Exception as error:  # noqa: BLE001 - shutting down anyway
+                log.warning("learner checkpoint at shutdown failed: %s", error)
+            ray.kill(self.learner)
+        return info
 
     def _send(self, placements: list[tuple[int, Task]]) -> None:
         by_worker: dict[int, list[Task]] = {}

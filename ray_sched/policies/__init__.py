@@ -11,8 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ray_sched.errors import ConfigError
+from ray_sched.policies.learned import ExpectedCompletion, LearnedOrdering
 from ray_sched.policies.ordering import ORDERINGS, OrderingPolicy, TaskQueue
 from ray_sched.policies.placement import PLACEMENTS, PlacementPolicy, WorkerLoad
+
+ORDERINGS[LearnedOrdering.name] = LearnedOrdering
+PLACEMENTS[ExpectedCompletion.name] = ExpectedCompletion
 
 #: Named policies: (ordering, placement).
 POLICIES: dict[str, tuple[str, str]] = {
@@ -23,6 +27,7 @@ POLICIES: dict[str, tuple[str, str]] = {
     "priority": ("priority", "least-loaded"),
     "edf": ("edf", "least-loaded"),
     "oracle": ("oracle", "least-work"),
+    "ml": ("ml", "expected-completion"),
 }
 #: Policies that bypass our schedulers and measure another one.
 BASELINES = ("ray-default", "dask")
@@ -41,6 +46,12 @@ class PolicySpec:
 
     def make_placement(self, seed: int | None = 0) -> PlacementPolicy:
         return PLACEMENTS[self.placement](seed=seed)
+
+    @property
+    def needs_predictions(self) -> bool:
+        """Whether the learner must predict each task before it is placed and ordered."""
+        return (ORDERINGS[self.ordering].needs_predictions
+                or PLACEMENTS[self.placement].needs_predictions)
 
 
 def policy_names() -> list[str]:

@@ -101,7 +101,7 @@ class GlobalCore:
         worker.outstanding_cpu += task.cpu
         worker.outstanding_tasks += 1
         worker.true_backlog_s += task.runtime_s or 0.0
-        worker.predicted_backlog_s += task.predicted_runtime_s or 0.0
+        worker.predicted_backlog_s += _predicted_work(task)
         entry.state, entry.worker, entry.placed_wall = "placed", index, now
         self._log(now, task.task_id, "placed", worker.name, reason, task.predicted_runtime_s)
         return index, task
@@ -129,6 +129,8 @@ class GlobalCore:
             completion.placed_wall = entry.placed_wall
             completion.submitted_wall = entry.task.submitted_at
             completion.predicted_runtime_s = entry.task.predicted_runtime_s
+            completion.predicted_p90_s = entry.task.predicted_p90_s
+            completion.received_wall = entry.task.received_wall
             ok = completion.status == "ok"
             self.finished[completion.task_id] = ok
             recorded.append(completion)
@@ -150,7 +152,7 @@ class GlobalCore:
         worker.outstanding_cpu = max(0.0, worker.outstanding_cpu - task.cpu)
         worker.true_backlog_s = max(0.0, worker.true_backlog_s - (task.runtime_s or 0.0))
         worker.predicted_backlog_s = max(
-            0.0, worker.predicted_backlog_s - (task.predicted_runtime_s or 0.0))
+            0.0, worker.predicted_backlog_s - _predicted_work(task))
 
     def _release_children(self, parent_id: str, now: float) -> list[tuple[int, Task]]:
         placements = []
@@ -204,3 +206,8 @@ class GlobalCore:
     def _log(self, wall: float, task_id: str, event: str, target: str = "", reason: str = "",
              predicted: float | None = None) -> None:
         self.decisions.append(Decision(wall, task_id, event, target, reason, predicted))
+
+
+def _predicted_work(task: Task) -> float:
+    """Slot-seconds the learner expects a task to take (0 when nothing was predicted)."""
+    return (task.predicted_mean_s or task.predicted_runtime_s or 0.0) * task.cpu

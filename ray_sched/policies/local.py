@@ -6,9 +6,10 @@ simulator drives it on virtual time.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
-from ray_sched.policies.ordering import OrderingPolicy, TaskQueue
+from ray_sched.policies.ordering import OrderingPolicy
 from ray_sched.task import Task
 
 
@@ -37,12 +38,14 @@ class LocalCore:
         ordering: the ordering policy of its queue.
     """
 
-    def __init__(self, name: str, slots: float, ordering: OrderingPolicy):
+    def __init__(self, name: str, slots: float, ordering: OrderingPolicy, *,
+                 clock=time.time):
         if not slots > 0:
             raise ValueError(f"slots must be > 0, got {slots!r}")
         self.name = name
         self.slots = float(slots)
-        self.queue = TaskQueue(ordering)
+        self.clock = clock
+        self.queue = ordering.make_queue()
         self.running: dict[str, Task] = {}
         self.busy_cpu = 0.0
 
@@ -59,12 +62,13 @@ class LocalCore:
     def next_runnable(self) -> list[Task]:
         """Pop every task that can start now, in order, and count it as running."""
         started = []
+        now = self.clock()
         while len(self.queue):
-            head = self.queue.peek()
+            head = self.queue.peek(now)
             demand = self._demand(head)
             if self.busy_cpu + demand > self.slots + 1e-9:
                 break
-            self.queue.pop()
+            self.queue.remove(head.task_id)
             self.busy_cpu += demand
             self.running[head.task_id] = head
             started.append(head)

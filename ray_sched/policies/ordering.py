@@ -20,9 +20,15 @@ class OrderingPolicy:
     name = "base"
     #: True when the policy reads the task's true runtime (only the clairvoyant oracle may).
     clairvoyant = False
+    #: True when it needs the learner's predictions on each task.
+    needs_predictions = False
 
     def key(self, task: Task) -> tuple:
         raise NotImplementedError
+
+    def make_queue(self):
+        """The queue that serves this ordering (a heap on static keys by default)."""
+        return TaskQueue(self)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -119,7 +125,7 @@ class TaskQueue:
         while heap and self._live.get(heap[0][-1].task_id) is not heap[0][-1]:
             heapq.heappop(heap)
 
-    def peek(self) -> Task | None:
+    def peek(self, now: float | None = None) -> Task | None:
         self._drop_dead()
         return self._heap[0][-1] if self._heap else None
 

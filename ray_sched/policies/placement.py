@@ -57,6 +57,7 @@ class PlacementPolicy:
 
     name = "base"
     clairvoyant = False
+    needs_predictions = False
 
     def __init__(self, *, seed: int | None = 0):
         self._rng = random.Random(seed)

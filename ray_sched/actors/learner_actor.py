@@ -1,0 +1,58 @@
+"""The Learner actor: a thin Ray wrapper around :class:`ray_sched.learner.Learner` that
+loads its latest checkpoint at start and writes one every ``checkpoint_every``
+observations and at shutdown."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import ray
+
+from ray_sched.learner import Learner, Predictions, latest_checkpoint
+from ray_sched.learner.learner import DEFAULT_CHECKPOINT_EVERY
+from ray_sched.task import Task
+
+log = logging.getLogger(__name__)
+
+
+@ray.remote(num_cpus=0, max_restarts=-1)
+class LearnerActor:
+    def __init__(self, model_dir: str | None = None, load: str | None = "latest",
+                 checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY):
+        self.model_dir = Path(model_dir) if model_dir else None
+        self.checkpoint_every = checkpoint_every
+        self.loaded_from: str | None = None
+        source = None
+        if load == "latest" and self.model_dir is not None and self.model_dir.is_dir():
+            source = latest_checkpoint(self.model_dir)
+        elif load not in (None, "latest"):
+            source = Path(load)
+        self.learner = Learner.load(source) if source is not None else Learner()
+        self.loaded_from = str(source) if source is not None else None
+        self._since_checkpoint = 0
+        self.last_checkpoint: str | None = None
+
+    def info(self) -> dict:
+        return {"loaded_from": self.loaded_from, "n_observed": self.learner.n_observed_,
+                "last_checkpoint": self.last_checkpoint}
+
+    def predict(self, tasks: list[Task]) -> Predictions:
+        return self.learner.predict(tasks)
+
+    def observe(self, tasks: list[Task], measured_runtime_s: list[float]) -> None:
+        self.learner.observe(tasks, np.asarray(measured_runtime_s, dtype=np.float64))
+        self._since_checkpoint += len(tasks)
+        if self.model_dir is not None and self._since_checkpoint >= self.checkpoint_every:
+            self.checkpoint()
+
+    def checkpoint(self) -> str | None:
+        if self.model_dir is None:
+            return None
+        self.last_checkpoint = str(self.learner.save(self.model_dir))
+        self._since_checkpoint = 0
+        return self.last_checkpoint
+
+    def stats(self) -> dict:
+        return self.learner.stats()

@@ -1,0 +1,236 @@
+"""The Learner: runtime and priority models behind one batched predict/observe interface,
+with safe checkpoints (numpy arrays without pickle + JSON metadata with a schema version).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ray_sched.errors import ConfigError, RaySchedError
+from ray_sched.learner.models import (
+    DEFAULT_RUNTIME_S,
+    MIN_RUNTIME_S,
+    PRIOR_ALPHA,
+    KeyedAverage,
+    OnlineRegressor,
+    PriorityModel,
+    RuntimeModel,
+)
+from ray_sched.task import Task
+
+#: Version of the checkpoint layout; a checkpoint with another one is refused.
+CHECKPOINT_SCHEMA_VERSION = 1
+CHECKPOINT_PREFIX = "learner-"
+#: Completions between two checkpoints of the Learner actor.
+DEFAULT_CHECKPOINT_EVERY = 500
+#: Checkpoints kept in a directory; older ones are removed after each save.
+CHECKPOINTS_KEPT = 5
+
+
+class CheckpointError(RaySchedError, ValueError):
+    """A checkpoint that is missing, damaged, or of an unknown schema version."""
+
+    exit_code = 3
+
+
+@dataclass
+class Predictions:
+    """Per task, arrays of shape (n_tasks,): runtime p50/p90/mean (seconds) and priority."""
+
+    p50_s: np.ndarray
+    p90_s: np.ndarray
+    mean_s: np.ndarray
+    priority: np.ndarray
+
+    def apply(self, tasks: list[Task]) -> None:
+        """Write the predictions onto the tasks (``predicted_*`` and ``effective_priority``)."""
+        for task, p50, p90, mean, priority in zip(tasks, self.p50_s.tolist(),
+                                                  self.p90_s.tolist(), self.mean_s.tolist(),
+                                                  self.priority.tolist()):
+            task.predicted_runtime_s, task.predicted_p90_s, task.predicted_mean_s = p50, p90, mean
+            task.effective_priority = priority
+
+
+class FallbackPredictor:
+    """The heuristic the schedulers use while the Learner is unreachable: a moving average
+    of log runtime per kind (Dask's rule), p90 = e x p50, declared priorities as they are."""
+
+    #: log(p90 / p50) assumed by the fallback.
+    SPREAD = 1.0
+
+    def __init__(self) -> None:
+        self.average = KeyedAverage(PRIOR_ALPHA)
+
+    def predict(self, tasks: list[Task]) -> Predictions:
+        log_p50, _ = self.average.lookup([t.kind for t in tasks], math.log(DEFAULT_RUNTIME_S))
+        p50 = np.exp(log_p50)
+        return Predictions(p50, p50 * math.exp(self.SPREAD), p50 * math.exp(self.SPREAD / 2),
+                           np.array([t.priority for t in tasks], dtype=np.float64))
+
+    def observe(self, tasks: list[Task], measured_runtime_s) -> None:
+        measured = np.maximum(np.asarray(measured_runtime_s, dtype=np.float64), MIN_RUNTIME_S)
+        self.average.update([t.kind for t in tasks], np.log(measured))
+
+
+class Learner:
+    """Predicts each task's runtime (p50, p90, mean) and priority; learns from completions.
+
+    Example:
+        >>> learner = Learner()
+        >>> predictions = learner.predict([Task("a", kind="logs")])   # the cold-start prior
+        >>> learner.observe([Task("a", kind="logs")], np.array([0.2]))
+    """
+
+    def __init__(self, *, runtime: RuntimeModel | None = None):
+        self.runtime = runtime or RuntimeModel()
+        self.priority = PriorityModel(self.runtime.encoder_)
+        self.n_observed_ = 0
+        self._abs_errors: list[float] = []
+        self._covered: list[bool] = []
+
+    def predict(self, tasks: list[Task]) -> Predictions:
+        if not tasks:
+            empty = np.zeros(0)
+            return Predictions(empty, empty, empty, empty)
+        runtime = self.runtime.predict(tasks)
+        return Predictions(runtime.p50_s, runtime.p90_s, runtime.mean_s,
+                           self.priority.predict(tasks))
+
+    def observe(self, tasks: list[Task], measured_runtime_s) -> None:
+        """Learn from completed tasks and their *measured* runtimes (seconds)."""
+        if not tasks:
+            return
+        measured = np.asarray(measured_runtime_s, dtype=np.float64)
+        if measured.shape != (len(tasks),):
+            raise ConfigError(f"measured_runtime_s must have shape ({len(tasks)},), "
+                              f"got {measured.shape}")
+        keep = np.isfinite(measured) & (measured > 0)
+        if not keep.all():
+            tasks = [t for t, k in zip(tasks, keep) if k]
+            measured = measured[keep]
+        p90 = self.runtime.predict(tasks).p90_s
+        residuals = self.runtime.observe(tasks, measured)
+        self.priority.observe(tasks)
+        self._abs_errors.extend(np.abs(residuals).tolist())
+        self._covered.extend((measured <= p90).tolist())
+        del self._abs_errors[:-1000], self._covered[:-1000]
+        self.n_observed_ += len(tasks)
+
+    def stats(self) -> dict:
+        """Tasks seen, recent log-runtime MAE and p90 coverage, drift events, kinds known."""
+        recent = self._abs_errors
+        return {
+            "n_observed": self.n_observed_,
+            "recent_mae_log": float(np.mean(recent)) if recent else None,
+            "recent_p90_coverage": float(np.mean(self._covered)) if self._covered else None,
+            "drift_events": list(self.runtime.drift_events_),
+            "kinds": sorted(self.runtime.prior_.values_),
+            "numeric_features": sorted(self.runtime.encoder_.numeric_stats_),
+            "error_fast_log": self.runtime.error_fast_,
+            "error_slow_log": self.runtime.error_slow_,
+        }
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """Write ``learner-<n_observed>-<time>.npz`` and ``.json`` into ``directory``.
+
+        Returns:
+            the path of the ``.json`` metadata file (the checkpoint's name).
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        runtime_meta, runtime_arrays = self.runtime.get_state()
+        priority_meta, priority_arrays = self.priority.regression_.get_state()
+        arrays = {f"runtime.{k}": v for k, v in runtime_arrays.items()}
+        arrays.update({f"priority.{k}": v for k, v in priority_arrays.items()})
+        stem = f"{CHECKPOINT_PREFIX}{self.n_observed_:09d}-{time.time_ns()}"
+        meta = {"schema_version": CHECKPOINT_SCHEMA_VERSION, "kind": "ray_sched.learner",
+                "created_unix_s": time.time(), "n_observed": self.n_observed_,
+                "arrays": f"{stem}.npz", "runtime": runtime_meta, "priority": priority_meta,
+                "stats": self.stats()}
+        array_path = directory / f"{stem}.npz"
+        meta_path = directory / f"{stem}.json"
+        partial = directory / f".{stem}.partial.npz"
+        np.savez(partial, **arrays)
+        partial.replace(array_path)
+        meta_path.write_text(json.dumps(meta, indent=1, default=_json_default))
+        for old in sorted(directory.glob(f"{CHECKPOINT_PREFIX}*.json"))[:-CHECKPOINTS_KEPT]:
+            old.with_suffix(".npz").unlink(missing_ok=True)
+            old.unlink(missing_ok=True)
+        return meta_path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Learner:
+        """Load a checkpoint: a ``.json`` file, or a directory (its latest checkpoint).
+
+        Raises:
+            CheckpointError: nothing there, damaged files, or another schema version.
+        """
+        meta_path = latest_checkpoint(path) if Path(path).is_dir() else Path(path)
+        if meta_path is None or not meta_path.is_file():
+            raise CheckpointError(f"{path}: no learner checkpoint there")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError) as error:
+            raise CheckpointError(f"{meta_path}: not a readable checkpoint ({error})") from error
+        version = meta.get("schema_version") if isinstance(meta, dict) else None
+        if version != CHECKPOINT_SCHEMA_VERSION:
+            raise CheckpointError(f"{meta_path}: checkpoint schema_version {version!r} is not "
+                                  f"supported (this ray_sched reads version "
+                                  f"{CHECKPOINT_SCHEMA_VERSION})")
+        array_path = meta_path.parent / meta["arrays"]
+        try:
+            with np.load(array_path, allow_pickle=False) as archive:
+                arrays = {name: archive[name] for name in archive.files}
+            runtime = RuntimeModel.from_state(
+                meta["runtime"], {k.split(".", 1)[1]: v for k, v in arrays.items()
+                                  if k.startswith("runtime.")})
+        except (OSError, ValueError, KeyError) as error:
+            raise CheckpointError(f"{meta_path}: damaged checkpoint ({error})") from error
+        learner = cls(runtime=runtime)
+        learner.priority.regression_ = OnlineRegressor.from_state(
+            meta["priority"], {k.split(".", 1)[1]: v for k, v in arrays.items()
+                               if k.startswith("priority.")},
+            learning_rate=runtime.learning_rate)
+        learner.n_observed_ = int(meta["n_observed"])
+        return learner
+
+
+def latest_checkpoint(directory: str | Path) -> Path | None:
+    """The newest ``learner-*.json`` in a directory (by tasks observed, then time), or None."""
+    candidates = sorted(Path(directory).glob(f"{CHECKPOINT_PREFIX}*.json"))
+    return candidates[-1] if candidates else None
+
+
+def describe_checkpoint(path: str | Path) -> str:
+    """A human summary of a checkpoint (for ``ray-sched model show``)."""
+    learner = Learner.load(path)
+    meta_path = latest_checkpoint(path) if Path(path).is_dir() else Path(path)
+    stats = learner.stats()
+    runtime = learner.runtime
+    lines = [f"checkpoint: {meta_path}",
+             f"schema version: {CHECKPOINT_SCHEMA_VERSION}",
+             f"tasks observed: {learner.n_observed_}",
+             f"runtime model: per-kind prior + SGD (huber) on {runtime.n_buckets} hashed "
+             f"features; regression trained on {runtime.regression_.n_seen_} tasks",
+             f"drift events (at task): {stats['drift_events'] or 'none'}",
+             f"error (|log residual|): fast {stats['error_fast_log']:.3f}, "
+             f"slow {stats['error_slow_log']:.3f}",
+             "kinds (tasks seen, prior median runtime):"]
+    for kind in stats["kinds"]:
+        count, mean_log = runtime.prior_.values_[kind]
+        lines.append(f"  {kind}: {int(count)}, {math.exp(mean_log):.4f} s")
+    lines.append("numeric features: " + (", ".join(stats["numeric_features"]) or "none"))
+    return "\n".join(lines)
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
