@@ -362,7 +362,8 @@ def test_placing_counts_the_task_on_its_worker():
     core.admit([node("a", cpu=2.0, runtime_s=3.0, predicted_runtime_s=2.5)])
     worker = core.workers[0]
     assert (worker.outstanding_cpu, worker.outstanding_tasks) == (2.0, 1)
-    assert (worker.true_backlog_s, worker.predicted_backlog_s) == (3.0, 2.5)
+    # Backlogs are slot-seconds: runtime times cpu.
+    assert (worker.true_backlog_s, worker.predicted_backlog_s) == (6.0, 5.0)
 
 
 def test_worker_counters_return_to_zero_when_everything_completes():

@@ -100,7 +100,7 @@ class GlobalCore:
         worker = self.workers[index]
         worker.outstanding_cpu += task.cpu
         worker.outstanding_tasks += 1
-        worker.true_backlog_s += task.runtime_s or 0.0
+        worker.true_backlog_s += (task.runtime_s or 0.0) * task.cpu
         worker.predicted_backlog_s += _predicted_work(task)
         entry.state, entry.worker, entry.placed_wall = "placed", index, now
         self._log(now, task.task_id, "placed", worker.name, reason, task.predicted_runtime_s)
@@ -150,7 +150,7 @@ class GlobalCore:
             worker.outstanding_cpu = worker.true_backlog_s = worker.predicted_backlog_s = 0.0
             return
         worker.outstanding_cpu = max(0.0, worker.outstanding_cpu - task.cpu)
-        worker.true_backlog_s = max(0.0, worker.true_backlog_s - (task.runtime_s or 0.0))
+        worker.true_backlog_s = max(0.0, worker.true_backlog_s - (task.runtime_s or 0.0) * task.cpu)
         worker.predicted_backlog_s = max(
             0.0, worker.predicted_backlog_s - _predicted_work(task))
 

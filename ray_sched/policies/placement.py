@@ -20,8 +20,9 @@ class WorkerLoad:
     """What the global scheduler knows of one local scheduler when it places a task.
 
     ``outstanding_cpu`` counts slots wanted by every task placed there and not yet
-    completed (queued and running); ``true_backlog_s`` sums their true runtimes
-    (read only by the oracle); ``predicted_backlog_s`` sums their predicted runtimes.
+    completed (queued and running); ``true_backlog_s`` sums their true runtimes times
+    their cpu, in slot-seconds (read only by the oracle); ``predicted_backlog_s`` the
+    same with predicted (mean) runtimes.
     """
 
     name: str
