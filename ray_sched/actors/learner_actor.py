@@ -5,6 +5,7 @@ observations and at shutdown."""
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -56,3 +57,12 @@ class LearnerActor:
 
     def stats(self) -> dict:
         return self.learner.stats()
+
+    def time_predict(self, tasks: list[Task], repeats: int = 20) -> float:
+        """Median milliseconds of one ``predict`` call on ``tasks``, inside this actor."""
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            self.learner.predict(tasks)
+            times.append(time.perf_counter() - start)
+        return float(np.median(times) * 1000.0)

@@ -33,6 +33,10 @@ DEFAULT_BUCKETS = 4096
 SCALE_ALPHA = 0.01
 #: Numeric columns are clipped at this many standard deviations (heavy tails).
 CLIP_SIGMAS = 5.0
+#: Cached strings -> bucket before the caches are reset (bounds memory on endless ids).
+CACHE_LIMIT = 200_000
+_ONES = (1.0,) * 8
+_INFINITIES = (math.inf, -math.inf)
 
 
 def _bucket(text: str, n_buckets: int) -> int:
@@ -59,12 +63,16 @@ class FeatureEncoder:
         self.scale_alpha = scale_alpha
         self.numeric_stats_: dict[str, list[float]] = {}
         self._buckets: dict[str, int] = {}
+        self._categorical_cache: dict[tuple, tuple[int, ...]] = {}
+        self._numeric_cache: dict[tuple[str, str], tuple[int, int]] = {}
 
     def _index(self, text: str) -> int:
         index = self._buckets.get(text)
         if index is None:
-            if len(self._buckets) > 200_000:  # bound the cache on unbounded vocabularies
+            if len(self._buckets) > CACHE_LIMIT:  # bounded on unbounded vocabularies
                 self._buckets.clear()
+                self._categorical_cache.clear()
+                self._numeric_cache.clear()
             index = self._buckets[text] = _bucket(text, self.n_buckets)
         return index
 
@@ -103,32 +111,40 @@ class FeatureEncoder:
         indices: list[int] = []
         data: list[float] = []
         stats = self.numeric_stats_
+        categorical = self._categorical_cache
+        pairs = self._numeric_cache
         index = self._index
-        squash = self._squash
+        log1p = math.log1p
         for task in tasks:
             kind = task.kind
-            indices.append(index("kind=" + kind))
-            indices.append(index("tenant=" + task.tenant))
-            data.extend((1.0, 1.0))
-            if task.region is not None:
-                indices.append(index("region=" + task.region))
-                data.append(1.0)
+            key = (kind, task.tenant, task.region)
+            columns = categorical.get(key)
+            if columns is None:
+                columns = [index("kind=" + kind), index("tenant=" + task.tenant)]
+                if task.region is not None:
+                    columns.append(index("region=" + task.region))
+                columns = categorical[key] = tuple(columns)
+            indices.extend(columns)
+            data.extend(_ONES[: len(columns)])
             for name, value in task.features.items():
-                if isinstance(value, str):
+                if value.__class__ is str:
                     indices.append(index(name + "=" + value))
                     data.append(1.0)
                     continue
-                if isinstance(value, bool):
-                    value = float(value)
-                if not isinstance(value, (int, float)) or not math.isfinite(value):
-                    continue
                 entry = stats.get(name)
-                if entry is None:
-                    continue  # never seen: no scale yet, contributes nothing
-                z = (squash(float(value)) - entry[1]) / math.sqrt(entry[2] + 1e-9)
-                z = max(-CLIP_SIGMAS, min(CLIP_SIGMAS, z))
-                indices.append(index("num:" + name))
-                indices.append(index("num:" + kind + "|" + name))
+                if entry is None or not isinstance(value, (int, float)):
+                    continue  # never seen (no scale yet) or not a number: contributes nothing
+                value = float(value)
+                if value != value or value in _INFINITIES:
+                    continue
+                squashed = log1p(value) if value >= 0 else -log1p(-value)
+                z = (squashed - entry[1]) / math.sqrt(entry[2] + 1e-9)
+                z = CLIP_SIGMAS if z > CLIP_SIGMAS else (-CLIP_SIGMAS if z < -CLIP_SIGMAS else z)
+                pair = pairs.get((kind, name))
+                if pair is None:
+                    pair = pairs[(kind, name)] = (index("num:" + name),
+                                                  index("num:" + kind + "|" + name))
+                indices.extend(pair)
                 data.extend((z, z))
             indptr.append(len(indices))
         matrix = sp.csr_matrix((np.asarray(data, dtype=np.float64),
