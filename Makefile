@@ -3,8 +3,8 @@ PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-DEMO_TRACE ?= examples/mixed-300.csv
-DEMO_POLICIES ?= ray-default,dask,fifo,priority
+DEMO_TRACE ?= examples/mixed-600.csv
+DEMO_POLICIES ?= ray-default,dask,ml
 PYTEST_ARGS ?=
 
 .PHONY: setup demo test test-fast lint clean
@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: setup
-	$(BIN)/ray-sched compare $(DEMO_TRACE) --slots 8 --out runs/demo --policies $(DEMO_POLICIES)
+	$(BIN)/ray-sched compare $(DEMO_TRACE) --slots 8 --out runs/demo --policies $(DEMO_POLICIES) \
+		--fresh --model-dir runs/demo/models
 
 # pytest exits 5 when a selection (-m/-k) collected no test: said plainly, not a failure.
 test: setup

@@ -17,7 +17,7 @@ from ray_sched import __version__
 from ray_sched.errors import RaySchedError, exit_code_for
 
 #: The demo's default: the policies shown side by side.
-DEMO_POLICIES = ("ray-default", "dask", "fifo", "priority")
+DEMO_POLICIES = ("ray-default", "dask", "fifo", "ml")
 
 
 def _positive_float(text: str) -> float:

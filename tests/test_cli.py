@@ -99,3 +99,47 @@ def test_compare_command_prints_a_table_with_the_ratio_to_ray_default(tmp_path):
     assert "jct_mean_vs_ray-default" in done.stdout and "fifo" in done.stdout
     assert Path(tmp_path / "cmp" / "comparison.md").exists()
     assert len(pd.read_csv(tmp_path / "cmp" / "summary.csv")) == 2
+
+
+@pytest.mark.unit
+def test_simulate_command_writes_the_same_files_as_replay(tmp_path, capsys):
+    trace = tmp_path / "t.csv"
+    small_trace(100).to_csv(trace, index=False)
+    out = tmp_path / "sim"
+    assert main(["simulate", str(trace), "--policy", "ml", "--slots", "4", "--nodes", "2",
+                 "--out", str(out)]) == 0
+    results, summary = read_results(out)
+    assert len(results) == 100 and summary["engine"] == "simulator"
+    assert results["node"].nunique() == 2
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["n_ok"] == 100
+
+
+@pytest.mark.unit
+def test_simulate_refuses_a_baseline(tmp_path, capsys):
+    trace = tmp_path / "t.csv"
+    small_trace(10).to_csv(trace, index=False)
+    assert main(["simulate", str(trace), "--policy", "dask", "--slots", "2",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "cannot be simulated" in capsys.readouterr().err
+
+
+@pytest.mark.unit
+def test_model_show_prints_what_a_checkpoint_holds(tmp_path, capsys):
+    import numpy as np
+
+    from ray_sched.learner import Learner
+    from ray_sched.trace import frame_to_tasks
+
+    tasks = frame_to_tasks(small_trace(50))
+    learner = Learner()
+    learner.observe(tasks, np.array([t.runtime_s for t in tasks]))
+    learner.save(tmp_path / "models")
+    assert main(["model", "show", str(tmp_path / "models")]) == 0
+    shown = capsys.readouterr().out
+    assert "tasks observed: 50" in shown and "traces:" in shown and "payload_bytes" in shown
+
+
+@pytest.mark.unit
+def test_model_show_on_an_empty_directory_exits_3(tmp_path, capsys):
+    assert main(["model", "show", str(tmp_path)]) == 3
+    assert "no learner checkpoint" in capsys.readouterr().err

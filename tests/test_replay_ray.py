@@ -34,10 +34,12 @@ def max_busy_slots(results: pd.DataFrame) -> float:
 @pytest.fixture(scope="module")
 def replays(ray_local, trace_300, tmp_path_factory):
     out = tmp_path_factory.mktemp("replays")
+    model_options = {"model_dir": str(out / "models"), "fresh": True}
     results = {}
     for policy in EVERY_POLICY:
         results[policy] = replay(trace_300, policy=policy, slots=RAY_SLOTS, out=out / policy,
-                                 local_schedulers=2, show_progress=False)
+                                 local_schedulers=2, show_progress=False,
+                                 model_options=model_options)
     return results
 
 

@@ -231,14 +231,15 @@ def test_cli_raises_domain_errors_for_the_main_cli_to_map(tmp_path):
 # ----------------------------------------------------------------------------- examples
 
 
-@pytest.mark.parametrize("name, scenario, n", [
-    ("mixed-300.csv", "mixed", 300), ("mixed-1500.csv", "mixed", 1_500),
-    ("bursty-300.csv", "bursty", 300), ("drift-300.csv", "drift", 300),
-    ("tree-300.csv", "tree", 300)])
-def test_examples_are_what_the_readme_commands_generate(name, scenario, n):
+@pytest.mark.parametrize("name, scenario, n, load", [
+    ("mixed-300.csv", "mixed", 300, LOAD), ("mixed-600.csv", "mixed", 600, 0.9),
+    ("mixed-1500.csv", "mixed", 1_500, LOAD),
+    ("bursty-300.csv", "bursty", 300, LOAD), ("drift-300.csv", "drift", 300, LOAD),
+    ("tree-300.csv", "tree", 300, LOAD)])
+def test_examples_are_what_the_readme_commands_generate(name, scenario, n, load):
     path = REPO / "examples" / name
     if not path.is_file():
         pytest.skip(f"{path} not generated yet")
-    expected = generate(scenario, n=n, slots=SLOTS, load=LOAD, seed=1)
+    expected = generate(scenario, n=n, slots=SLOTS, load=load, seed=1)
     pd.testing.assert_frame_equal(read_trace(path), expected, check_dtype=False)
     assert path.stat().st_size < 200_000

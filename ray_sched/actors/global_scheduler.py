@@ -143,6 +143,10 @@ class GlobalScheduler:
     async def story(self, task_id: str) -> list[dict]:
         return self.core.story(task_id)
 
+    async def learner_actor(self):
+        """The Learner actor's handle (None for policies that predict nothing)."""
+        return self.learner
+
     async def learner_info(self) -> dict | None:
         if self.learner is None:
             return None

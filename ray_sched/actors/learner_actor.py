@@ -26,6 +26,8 @@ class LearnerActor:
         self.checkpoint_every = checkpoint_every
         self.loaded_from: str | None = None
         source = None
+        if ray.get_runtime_context().was_current_actor_reconstructed:
+            load = "latest"  # a restart resumes from the last checkpoint, even after --fresh
         if load == "latest" and self.model_dir is not None and self.model_dir.is_dir():
             source = latest_checkpoint(self.model_dir)
         elif load not in (None, "latest"):

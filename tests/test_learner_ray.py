@@ -1,0 +1,75 @@
+"""The learner on Ray: predictions on every task, checkpoints, restart and fallback."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from ray_sched.errors import ConfigError
+from ray_sched.learner import latest_checkpoint
+from ray_sched.replay import replay
+from ray_sched.scheduler import Scheduler
+from tests.conftest import RAY_SLOTS, small_trace
+
+pytestmark = pytest.mark.ray
+
+
+def sleep_for(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def test_ml_replay_predicts_every_task_and_writes_a_checkpoint(ray_local, tmp_path):
+    frame = small_trace(120, tree_share=0.1)
+    result = replay(frame, policy="ml", slots=RAY_SLOTS, show_progress=False,
+                    model_options={"model_dir": str(tmp_path / "models"), "fresh": True})
+    results, summary = result.results, result.summary
+    assert result.ok
+    assert results["predicted_runtime_s"].notna().all()
+    assert (results["predicted_p90_s"] >= results["predicted_runtime_s"]).all()
+    assert summary["prediction_mae_s"] is not None and summary["prediction_p90_coverage"] > 0
+    assert summary["learner_checkpoint"] and latest_checkpoint(tmp_path / "models")
+    assert summary["learner_fallback_batches"] == 0
+
+
+def test_a_new_scheduler_starts_from_the_latest_checkpoint_unless_fresh(ray_local, tmp_path):
+    models = tmp_path / "models"
+    with Scheduler(policy="ml", slots=RAY_SLOTS, model_dir=str(models), fresh=True,
+                   warmup=False) as scheduler:
+        assert scheduler.submit(sleep_for, 0.01, kind="nap").result(timeout=60) == 0.01
+    first = latest_checkpoint(models)
+    assert first is not None
+    with Scheduler(policy="ml", slots=RAY_SLOTS, model_dir=str(models), warmup=False) as again:
+        again.submit(sleep_for, 0.01, kind="nap").result(timeout=60)
+    assert again.learner_info["loaded_from"] == str(first)
+    with Scheduler(policy="ml", slots=RAY_SLOTS, model_dir=str(models), fresh=True,
+                   warmup=False) as fresh:
+        fresh.submit(sleep_for, 0.01).result(timeout=60)
+    assert fresh.learner_info["loaded_from"] is None
+
+
+def test_a_missing_model_path_is_refused_naming_it(ray_local, tmp_path):
+    with pytest.raises(ConfigError, match="no-such-model"):
+        Scheduler(policy="ml", slots=2, model=str(tmp_path / "no-such-model"), warmup=False)
+
+
+def test_scheduling_goes_on_when_the_learner_dies_and_it_restarts_from_its_checkpoint(
+        ray_local, tmp_path):
+    with Scheduler(policy="ml", slots=RAY_SLOTS, model_dir=str(tmp_path / "models"),
+                   fresh=True, checkpoint_every=10, warmup=False) as scheduler:
+        before = [scheduler.submit(sleep_for, 0.01, kind="nap") for _ in range(30)]
+        assert [f.result(timeout=60) for f in before] == [0.01] * 30
+        learner = ray_local.get(scheduler._global.learner_actor.remote())
+        ray_local.kill(learner, no_restart=False)
+        after = [scheduler.submit(sleep_for, 0.01, kind="nap") for _ in range(30)]
+        assert [f.result(timeout=120) for f in after] == [0.01] * 30
+        deadline = time.monotonic() + 60
+        info = None
+        while time.monotonic() < deadline:  # the restarted learner answers again
+            try:
+                info = ray_local.get(scheduler._global.learner_info.remote(), timeout=10)
+                break
+            except Exception:  # noqa: BLE001 - still restarting
+                time.sleep(0.2)
+        assert info is not None and info["loaded_from"] is not None
