@@ -226,13 +226,23 @@ def replay(trace, *, policy: str, slots: int, out: str | Path | None = None,
             engine.close()
     results = results_frame(tasks, completions, t0, policy)
     extras = {"time_scale": time_scale, "seed": seed,
-              "trace": str(trace) if isinstance(trace, (str, Path)) else "<frame>"}
+              "trace": _trace_name(trace)}
     learner_info = getattr(getattr(engine, "scheduler", None), "learner_info", None)
     if learner_info:
         extras["learner_loaded_from"] = learner_info.get("loaded_from")
         extras["learner_checkpoint"] = learner_info.get("last_checkpoint")
         extras["learner_fallback_batches"] = learner_info.get("fallback_batches")
         extras["learner_drift_events"] = learner_info.get("stats", {}).get("drift_events")
+    return _finish(results, policy, slots, extras, out, csv)
+
+
+def _trace_name(trace) -> str:
+    return str(trace) if isinstance(trace, (str, Path)) else "<frame>"
+
+
+def _finish(results: pd.DataFrame, policy: str, slots: int, extras: dict,
+            out: str | Path | None, csv: bool) -> ReplayResult:
+    """Summarise the per-task results and write both files when ``out`` is given."""
     summary = summarize(results, policy, slots, extras)
     out_dir = None
     if out is not None:
@@ -296,12 +306,7 @@ def simulate_trace(trace, *, policy: str, slots: int, out: str | Path | None = N
         else launch_overhead_s)
     results = results_frame(tasks, completions, 0.0, policy)
     extras = {"time_scale": time_scale, "seed": seed, "engine": "simulator", "nodes": nodes,
-              "trace": str(trace) if isinstance(trace, (str, Path)) else "<frame>"}
+              "trace": _trace_name(trace)}
     if learner is not None:
         extras["learner_drift_events"] = learner.stats()["drift_events"]
-    summary = summarize(results, policy, slots, extras)
-    out_dir = None
-    if out is not None:
-        out_dir = Path(out)
-        metrics.write_results(out_dir, results, summary, csv=csv)
-    return ReplayResult(results, summary, out_dir)
+    return _finish(results, policy, slots, extras, out, csv)

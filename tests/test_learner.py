@@ -250,8 +250,8 @@ def test_the_true_runtime_is_never_a_feature(case):
 def test_runtime_s_leaves_the_encoded_rows_unchanged():
     encoder = FeatureEncoder()
     encoder.update(trace_tasks()[:100])
-    short, long = Task("a", runtime_s=0.01, kind="logs", features={"payload_bytes": 5000}), \
-        Task("a", runtime_s=900.0, kind="logs", features={"payload_bytes": 5000})
+    short = Task("a", runtime_s=0.01, kind="logs", features={"payload_bytes": 5000})
+    long = Task("a", runtime_s=900.0, kind="logs", features={"payload_bytes": 5000})
     np.testing.assert_array_equal(encoder.transform([short]).toarray(),
                                   encoder.transform([long]).toarray())
 
@@ -551,7 +551,7 @@ def drift_run():
 def test_prequential_error_falls_as_the_learner_sees_more_tasks(mixed_run):
     _, errors, _, _ = mixed_run
     last_third = errors[2 * len(errors) // 3:]
-    # Seeds 1-8: first 100 tasks 0.75-1.14, last third 0.33-0.45.
+    # Seeds 1-10: the last third's error is 0.29-0.52x the first 100 tasks'.
     assert last_third.mean() < 0.7 * errors[:100].mean()
 
 
@@ -560,14 +560,14 @@ def test_prequential_error_beats_a_constant_prediction(mixed_run):
     log_runtime = np.log(runtimes(tasks))
     constant_errors = np.abs(log_runtime - log_runtime.mean())
     last_third = slice(2 * len(tasks) // 3, None)
-    # Seeds 1-8: 0.33-0.45 against 0.96-1.08 for the (clairvoyant) global mean.
+    # Seeds 1-10: 0.34-0.45x the error of the (clairvoyant) global mean.
     assert errors[last_third].mean() < 0.6 * constant_errors[last_third].mean()
 
 
 def test_p90_covers_most_but_not_all_runtimes(mixed_run):
     _, _, covered, _ = mixed_run
     second_half = covered[len(covered) // 2:]
-    # Seeds 1-8: 0.88-0.93.
+    # Seeds 1-10: 0.88-0.93.
     assert 0.8 <= second_half.mean() <= 0.97
 
 
@@ -591,17 +591,35 @@ def test_error_rises_at_a_drift_and_then_recovers(drift_run):
     half = len(tasks) // 2
     before = errors[half - 300: half].mean()
     windows = _window_means(errors, 50)
-    # Seeds 1-12: the worst 50-task window starting in the 100 tasks after the drift is
-    # 1.3-1.9x the 300 tasks before it; tasks 300-500 after it are 0.87-1.05x.
+    # Seeds 1-10: the worst 50-task window starting in the 100 tasks after the drift is
+    # 1.32-1.92x the 300 tasks before it; tasks 300-500 after it are 0.83-1.12x.
     assert windows[half: half + 100].max() > 1.25 * before
     assert errors[half + 300: half + 500].mean() < 1.2 * before
+
+
+def fired_soon_after_the_drift(learner: Learner, half: int) -> bool:
+    # An event at n means the batch of tasks n..n+BATCH-1 raised it.
+    return any(half - BATCH < event <= half + 300 for event in learner.stats()["drift_events"])
 
 
 def test_drift_detector_fires_after_the_drift(drift_run):
     tasks, _, _, learner = drift_run
     half = len(tasks) // 2
-    # An event at n means the batch of tasks n..n+BATCH-1 raised it.
-    assert any(half - BATCH < event <= half + 300 for event in learner.stats()["drift_events"])
+    assert fired_soon_after_the_drift(learner, half)
+
+
+@pytest.mark.xfail(strict=True, reason="BUG (weak detector): learner/models.py drift detection "
+                   "(fast/slow error EWMA ratio > 1.6, checked once per batch) misses the drift "
+                   "scenario's drift on seeds 1, 2 and 4 (5 of seeds 1-10), while it fires on "
+                   "stationary 'mixed' traffic (seeds 1, 3, 4, 5)")
+def test_drift_detector_fires_after_the_drift_on_every_seed():
+    missed = []
+    for seed in (1, 2, 3, 4):
+        tasks = trace_tasks("drift", 2000, seed=seed)
+        _, _, learner = prequential(tasks)
+        if not fired_soon_after_the_drift(learner, len(tasks) // 2):
+            missed.append(seed)
+    assert missed == []
 
 
 @pytest.mark.xfail(strict=True, reason="BUG: learner/models.py _track_error: one outlier "

@@ -23,6 +23,7 @@ import zlib
 import numpy as np
 import scipy.sparse as sp
 
+from ray_sched.params import check_range
 from ray_sched.task import Task
 
 #: Default width of the hashed feature space: collisions stay rare for a few hundred
@@ -55,10 +56,8 @@ class FeatureEncoder:
     """
 
     def __init__(self, *, n_buckets: int = DEFAULT_BUCKETS, scale_alpha: float = SCALE_ALPHA):
-        if n_buckets < 16:
-            raise ValueError(f"n_buckets must be >= 16, got {n_buckets}")
-        if not 0 < scale_alpha < 1:
-            raise ValueError(f"scale_alpha must be in (0, 1), got {scale_alpha}")
+        check_range("n_buckets", n_buckets, 16)
+        check_range("scale_alpha", scale_alpha, 0.0, 1.0, low_open=True, high_open=True)
         self.n_buckets = n_buckets
         self.scale_alpha = scale_alpha
         self.numeric_stats_: dict[str, list[float]] = {}

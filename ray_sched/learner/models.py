@@ -15,6 +15,7 @@ import numpy as np
 from sklearn.linear_model import SGDRegressor
 
 from ray_sched.learner.features import DEFAULT_BUCKETS, FeatureEncoder
+from ray_sched.params import check_range
 from ray_sched.task import MAX_PRIORITY, Task
 
 #: Dask's guess for a task prefix it has never seen; ours too, until a kind is observed.
@@ -207,8 +208,11 @@ class RuntimeModel:
     def __init__(self, *, n_buckets: int = DEFAULT_BUCKETS, learning_rate: float = LEARNING_RATE,
                  prior_alpha: float = PRIOR_ALPHA, blend_tasks: float = BLEND_TASKS,
                  default_runtime_s: float = DEFAULT_RUNTIME_S):
-        if not default_runtime_s > 0:
-            raise ValueError(f"default_runtime_s must be > 0, got {default_runtime_s}")
+        check_range("n_buckets", n_buckets, 16)
+        check_range("learning_rate", learning_rate, 0.0, 1.0, low_open=True)
+        check_range("prior_alpha", prior_alpha, 0.0, 1.0, low_open=True)
+        check_range("blend_tasks", blend_tasks, 0.0)
+        check_range("default_runtime_s", default_runtime_s, 0.0, low_open=True)
         self.n_buckets = n_buckets
         self.learning_rate = learning_rate
         self.prior_alpha = prior_alpha

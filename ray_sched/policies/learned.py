@@ -21,6 +21,7 @@ import math
 
 import numpy as np
 
+from ray_sched.params import check_range
 from ray_sched.policies.ordering import OrderingPolicy
 from ray_sched.policies.placement import PlacementPolicy
 from ray_sched.task import Task
@@ -184,8 +185,7 @@ class LearnedOrdering(OrderingPolicy):
                              ("deadline_weight", deadline_weight), ("age_weight", age_weight),
                              ("fairness_weight", fairness_weight),
                              ("deadline_margin", deadline_margin)):
-            if not (isinstance(value, (int, float)) and value >= 0 and math.isfinite(value)):
-                raise ValueError(f"{label} must be a finite number >= 0, got {value!r}")
+            check_range(label, value, 0.0)
         self.priority_weight = priority_weight
         self.deadline_weight = deadline_weight
         self.age_weight = age_weight
