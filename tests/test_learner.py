@@ -256,9 +256,7 @@ def test_runtime_s_leaves_the_encoded_rows_unchanged():
                                   encoder.transform([long]).toarray())
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: learner/models.py _sgd builds SGDRegressor with "
-                   "shuffle=True and random_state=None, so partial_fit shuffles each batch "
-                   "with NumPy's global RNG: the same batches give different models")
+# Regression guard: a bug found in review, fixed.
 def test_same_batches_give_the_same_model():
     tasks = trace_tasks()[:TRAIN_TASKS + 100]
     learners = [Learner(), Learner()]
@@ -271,9 +269,7 @@ def test_same_batches_give_the_same_model():
                                   learners[1].predict(query).p50_s)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: learner/features.py update/transform test "
-                   "isinstance(value, (int, float)); numpy integers (np.int64) are neither, so "
-                   "a numeric feature given as a numpy integer is silently dropped")
+# Regression guard: a bug found in review, fixed.
 def test_numpy_integer_features_are_encoded_like_python_ints():
     encoder = FeatureEncoder()
     encoder.update([Task(f"t{i}", features={"rows": rows}) for i, rows in enumerate((10, 1000))])
@@ -416,21 +412,14 @@ def _damage_missing_priority_arrays(npz: Path) -> None:
     np.savez(npz, **arrays)
 
 
-def _uncaught(exception: str, where: str):
-    return pytest.mark.xfail(strict=True, reason=f"BUG: learner/learner.py Learner.load lets "
-                             f"{exception} escape instead of CheckpointError ({where})")
-
-
 @pytest.mark.parametrize("damage", [
     _damage_missing,
     _damage_garbage,
     _damage_missing_runtime_array,
-    pytest.param(_damage_truncated, marks=_uncaught(
-        "zipfile.BadZipFile", "only OSError/ValueError/KeyError are caught")),
-    pytest.param(_damage_empty, marks=_uncaught(
-        "EOFError", "only OSError/ValueError/KeyError are caught")),
-    pytest.param(_damage_missing_priority_arrays, marks=_uncaught(
-        "KeyError", "priority OnlineRegressor.from_state runs outside the try")),
+    # Regression guards: these three escaped as BadZipFile, EOFError and KeyError.
+    _damage_truncated,
+    _damage_empty,
+    _damage_missing_priority_arrays,
 ], ids=lambda f: f.__name__.removeprefix("_damage_"))
 def test_a_damaged_or_missing_npz_is_refused(damage, trained_learner, tmp_path):
     meta_path = trained_learner.save(tmp_path)
@@ -440,8 +429,7 @@ def test_a_damaged_or_missing_npz_is_refused(damage, trained_learner, tmp_path):
     assert str(meta_path) in str(error.value)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: learner/learner.py Learner.load reads "
-                   "meta['arrays'] outside the try: a .json without it raises KeyError")
+# Regression guard: a bug found in review, fixed.
 def test_a_checkpoint_json_without_its_arrays_entry_is_refused(trained_learner, tmp_path):
     meta_path = trained_learner.save(tmp_path)
     meta = json.loads(meta_path.read_text())
@@ -483,9 +471,7 @@ def test_only_the_newest_checkpoints_are_kept(trained_learner, tmp_path):
     assert not list(tmp_path.glob(".*partial*"))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: learner/learner.py Learner.save prunes by file "
-                   "name (tasks observed), not age: a save with fewer observations than the "
-                   "5 kept deletes the checkpoint it has just written and returns its path")
+# Regression guard: a bug found in review, fixed.
 def test_a_save_never_deletes_the_checkpoint_it_just_wrote(trained_learner, tmp_path):
     for _ in range(CHECKPOINTS_KEPT):
         trained_learner.save(tmp_path)
@@ -493,13 +479,13 @@ def test_a_save_never_deletes_the_checkpoint_it_just_wrote(trained_learner, tmp_
     assert newest.is_file()
 
 
-def test_latest_checkpoint_is_the_one_with_most_observations(trained_learner, tmp_path):
-    most = trained_learner.save(tmp_path)
+def test_latest_checkpoint_is_the_newest_one_written(trained_learner, tmp_path):
+    trained_learner.save(tmp_path)
     fewer = Learner()
     fewer.observe([Task("x")], np.array([0.1]))
-    fewer.save(tmp_path)  # newer, but it has seen fewer tasks
-    assert latest_checkpoint(tmp_path) == most
-    assert Learner.load(tmp_path).n_observed_ == trained_learner.n_observed_
+    newest = fewer.save(tmp_path)  # newer, though it has seen fewer tasks (a --fresh run)
+    assert latest_checkpoint(tmp_path) == newest
+    assert Learner.load(tmp_path).n_observed_ == 1
 
 
 def test_latest_checkpoint_of_an_empty_directory_is_none(tmp_path):
@@ -608,10 +594,7 @@ def test_drift_detector_fires_after_the_drift(drift_run):
     assert fired_soon_after_the_drift(learner, half)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (weak detector): learner/models.py drift detection "
-                   "(fast/slow error EWMA ratio > 1.6, checked once per batch) misses the drift "
-                   "scenario's drift on seeds 1, 2 and 4 (5 of seeds 1-10), while it fires on "
-                   "stationary 'mixed' traffic (seeds 1, 3, 4, 5)")
+# Regression guard: the first detector missed the drift on seeds 1, 2 and 4.
 def test_drift_detector_fires_after_the_drift_on_every_seed():
     missed = []
     for seed in (1, 2, 3, 4):
@@ -622,10 +605,7 @@ def test_drift_detector_fires_after_the_drift_on_every_seed():
     assert missed == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: learner/models.py _track_error: one outlier "
-                   "moves the fast error average (ERROR_ALPHA_FAST=0.1) by 0.1*|log 30|=0.34, "
-                   "above DRIFT_RATIO=1.6x the slow one, so a single slow task is a 'drift' "
-                   "(boost + residual windows forgotten)")
+# Regression guard: a bug found in review, fixed.
 def test_a_single_outlier_is_not_a_drift():
     rng = np.random.default_rng(1)
     tasks = [Task(f"t{i}", kind="logs", features={"size": 1000.0}) for i in range(400)]
@@ -681,10 +661,7 @@ def test_undeclared_priority_is_zero_before_any_declared_task():
     assert Learner().predict([undeclared("A", "t")]).priority[0] == 0
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (slow learning): PriorityModel reuses the runtime "
-                   "regression's Huber loss (HUBER_EPSILON=1, meant for log seconds), so each "
-                   "step's gradient is clipped at 1 priority level: a constant priority 8 "
-                   "takes ~600 tasks to learn (about 4 after 320)")
+# Regression guard: a bug found in review, fixed.
 def test_a_constant_priority_per_kind_is_learnt_within_a_few_hundred_tasks():
     learner = _learn_priorities(320)
     priority = learner.predict([undeclared("A", "tenant-1")]).priority

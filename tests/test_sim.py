@@ -170,10 +170,7 @@ def test_simulate_refuses_bad_parameters():
         simulate(tasks, policy="fifo", slots=1, launch_overhead_s=-0.1)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: sim/engine.py simulate writes onto the Task "
-                   "objects it is given (attempts += 1, predictions, seq, submitted_at): "
-                   "simulating the same list again reports attempts=2 and, under fifo, the "
-                   "predictions of an earlier ml run")
+# Regression guard: a bug found in review, fixed.
 def test_simulating_the_same_tasks_twice_reports_the_second_run_alone():
     tasks = trace_tasks("mixed", 100, seed=1)
     simulate(tasks, policy="ml", slots=SLOTS)

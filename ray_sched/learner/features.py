@@ -38,6 +38,8 @@ CLIP_SIGMAS = 5.0
 CACHE_LIMIT = 200_000
 _ONES = (1.0,) * 8
 _INFINITIES = (math.inf, -math.inf)
+#: Numbers as features: Python's and numpy's (bool counts as 0/1).
+_NUMBERS = (int, float, np.number)
 
 
 def _bucket(text: str, n_buckets: int) -> int:
@@ -85,8 +87,9 @@ class FeatureEncoder:
         stats = self.numeric_stats_
         for task in tasks:
             for name, value in task.features.items():
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                if isinstance(value, str) or not isinstance(value, _NUMBERS):
                     continue
+                value = float(value)
                 if not math.isfinite(value):
                     continue
                 x = self._squash(float(value))
@@ -126,12 +129,12 @@ class FeatureEncoder:
             indices.extend(columns)
             data.extend(_ONES[: len(columns)])
             for name, value in task.features.items():
-                if value.__class__ is str:
+                if isinstance(value, str):
                     indices.append(index(name + "=" + value))
                     data.append(1.0)
                     continue
                 entry = stats.get(name)
-                if entry is None or not isinstance(value, (int, float)):
+                if entry is None or not isinstance(value, _NUMBERS):
                     continue  # never seen (no scale yet) or not a number: contributes nothing
                 value = float(value)
                 if value != value or value in _INFINITIES:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,7 +150,8 @@ class Learner:
         priority_meta, priority_arrays = self.priority.regression_.get_state()
         arrays = {f"runtime.{k}": v for k, v in runtime_arrays.items()}
         arrays.update({f"priority.{k}": v for k, v in priority_arrays.items()})
-        stem = f"{CHECKPOINT_PREFIX}{self.n_observed_:09d}-{time.time_ns()}"
+        # Named by creation time first, so that names sort oldest to newest.
+        stem = f"{CHECKPOINT_PREFIX}{time.time_ns():020d}-n{self.n_observed_:09d}"
         meta = {"schema_version": CHECKPOINT_SCHEMA_VERSION, "kind": "ray_sched.learner",
                 "created_unix_s": time.time(), "n_observed": self.n_observed_,
                 "arrays": f"{stem}.npz", "runtime": runtime_meta, "priority": priority_meta,
@@ -184,26 +186,29 @@ class Learner:
             raise CheckpointError(f"{meta_path}: checkpoint schema_version {version!r} is not "
                                   f"supported (this ray_sched reads version "
                                   f"{CHECKPOINT_SCHEMA_VERSION})")
-        array_path = meta_path.parent / meta["arrays"]
         try:
+            array_path = meta_path.parent / meta["arrays"]
             with np.load(array_path, allow_pickle=False) as archive:
                 arrays = {name: archive[name] for name in archive.files}
-            runtime = RuntimeModel.from_state(
-                meta["runtime"], {k.split(".", 1)[1]: v for k, v in arrays.items()
-                                  if k.startswith("runtime.")})
-        except (OSError, ValueError, KeyError) as error:
-            raise CheckpointError(f"{meta_path}: damaged checkpoint ({error})") from error
-        learner = cls(runtime=runtime)
-        learner.priority.regression_ = OnlineRegressor.from_state(
-            meta["priority"], {k.split(".", 1)[1]: v for k, v in arrays.items()
-                               if k.startswith("priority.")},
-            learning_rate=runtime.learning_rate)
-        learner.n_observed_ = int(meta["n_observed"])
+            runtime = RuntimeModel.from_state(meta["runtime"], _section(arrays, "runtime"))
+            learner = cls(runtime=runtime)
+            learner.priority.regression_ = OnlineRegressor.from_state(
+                meta["priority"], _section(arrays, "priority"),
+                learning_rate=runtime.learning_rate)
+            learner.n_observed_ = int(meta["n_observed"])
+        except (OSError, ValueError, KeyError, TypeError, EOFError,
+                zipfile.BadZipFile) as error:
+            raise CheckpointError(f"{meta_path}: damaged checkpoint "
+                                  f"({type(error).__name__}: {error})") from error
         return learner
 
 
+def _section(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    return {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith(prefix + ".")}
+
+
 def latest_checkpoint(directory: str | Path) -> Path | None:
-    """The newest ``learner-*.json`` in a directory (by tasks observed, then time), or None."""
+    """The newest ``learner-*.json`` in a directory (the last one written), or None."""
     candidates = sorted(Path(directory).glob(f"{CHECKPOINT_PREFIX}*.json"))
     return candidates[-1] if candidates else None
 

@@ -39,32 +39,47 @@ RESIDUAL_WINDOW = 256
 #: Quantile spread assumed before any residual is seen (log space): p90 = 2.7x p50.
 DEFAULT_P90_SPREAD = 1.0
 #: Drift: the fast error average jumping this far above the slow one ...
-DRIFT_RATIO = 1.6
+DRIFT_RATIO = 1.4
 #: ... with these weights of a new absolute residual ...
 ERROR_ALPHA_FAST, ERROR_ALPHA_SLOW = 0.1, 0.01
 #: ... boosts adaptation (prior weight x PRIOR_BOOST, step x RATE_BOOST) for DRIFT_BOOST_TASKS.
 PRIOR_BOOST, RATE_BOOST, DRIFT_BOOST_TASKS = 4.0, 3.0, 150
 #: No drift is declared before this many observations (the slow average must settle).
 DRIFT_MIN_TASKS = 100
+#: For drift tracking, an absolute residual counts at most this many times the long-run
+#: error: one outlier (a 30x slow task) must not look like a shift of the whole workload.
+DRIFT_ERROR_CLIP = 3.0
+#: The fast average must stay above DRIFT_RATIO x the slow one for this many tasks in a row.
+DRIFT_PERSISTENCE = 8
 
 
 class NotFittedError(ValueError, AttributeError):
     """A model used before it has seen any data."""
 
 
-def _sgd(eta0: float) -> SGDRegressor:
-    return SGDRegressor(loss="huber", epsilon=HUBER_EPSILON, penalty="l2", alpha=1e-6,
-                        learning_rate="constant", eta0=eta0, fit_intercept=True)
+def _sgd(eta0: float, loss: str) -> SGDRegressor:
+    # shuffle=False: the same batches give the same model (and a restored checkpoint keeps
+    # learning in step with the original); batches arrive in completion order anyway.
+    return SGDRegressor(loss=loss, epsilon=HUBER_EPSILON, penalty="l2", alpha=1e-6,
+                        learning_rate="constant", eta0=eta0, fit_intercept=True,
+                        shuffle=False)
 
 
 class OnlineRegressor:
-    """A linear model trained by ``partial_fit`` on mini-batches (scikit-learn SGD, Huber loss).
+    """A linear model trained by ``partial_fit`` on mini-batches (scikit-learn SGD).
+
+    Args:
+        learning_rate: the constant SGD step size.
+        loss: ``"huber"`` (robust to heavy tails; for log runtimes) or ``"squared_error"``.
 
     Learned state: ``coef_`` (n_buckets,), ``intercept_``, ``n_seen_``.
     """
 
-    def __init__(self, *, learning_rate: float = LEARNING_RATE):
+    def __init__(self, *, learning_rate: float = LEARNING_RATE, loss: str = "huber"):
+        if loss not in ("huber", "squared_error"):
+            raise ValueError(f"loss must be 'huber' or 'squared_error', got {loss!r}")
         self.learning_rate = learning_rate
+        self.loss = loss
         self.n_seen_ = 0
         self._sgd: SGDRegressor | None = None
 
@@ -74,7 +89,7 @@ class OnlineRegressor:
 
     def observe(self, matrix, targets: np.ndarray, *, learning_rate: float | None = None) -> None:
         if self._sgd is None:
-            self._sgd = _sgd(self.learning_rate)
+            self._sgd = _sgd(self.learning_rate, self.loss)
         self._sgd.eta0 = learning_rate or self.learning_rate
         self._sgd.partial_fit(matrix, targets)
         self.n_seen_ += len(targets)
@@ -86,15 +101,16 @@ class OnlineRegressor:
 
     def get_state(self) -> tuple[dict, dict[str, np.ndarray]]:
         if self._sgd is None:
-            return {"fitted": False, "n_seen": 0}, {}
-        return ({"fitted": True, "n_seen": self.n_seen_, "t": float(self._sgd.t_)},
+            return {"fitted": False, "n_seen": 0, "loss": self.loss}, {}
+        return ({"fitted": True, "n_seen": self.n_seen_, "t": float(self._sgd.t_),
+                 "loss": self.loss},
                 {"coef": self._sgd.coef_.copy(), "intercept": self._sgd.intercept_.copy()})
 
     @classmethod
     def from_state(cls, meta: dict, arrays: dict, *, learning_rate: float) -> OnlineRegressor:
-        model = cls(learning_rate=learning_rate)
+        model = cls(learning_rate=learning_rate, loss=meta.get("loss", "huber"))
         if meta.get("fitted"):
-            sgd = _sgd(learning_rate)
+            sgd = _sgd(learning_rate, model.loss)
             sgd.coef_ = np.asarray(arrays["coef"], dtype=np.float64)
             sgd.intercept_ = np.asarray(arrays["intercept"], dtype=np.float64)
             sgd.t_ = float(meta["t"])
@@ -226,6 +242,7 @@ class RuntimeModel:
         self.error_fast_ = 0.0
         self.error_slow_ = 0.0
         self.boost_until_ = 0
+        self.high_streak_ = 0
         self.drift_events_: list[int] = []
 
     def _log_mu(self, tasks: list[Task], matrix=None) -> np.ndarray:
@@ -268,16 +285,24 @@ class RuntimeModel:
         return residuals
 
     def _track_error(self, residuals: np.ndarray) -> None:
+        """Fast and slow averages of the (clipped) absolute error; a drift is the fast one
+        staying DRIFT_RATIO above the slow one for DRIFT_PERSISTENCE tasks in a row."""
+        seen = self.n_seen_
         for error in np.abs(residuals).tolist():
-            if self.n_seen_ == 0 and self.error_slow_ == 0.0:
+            if self.error_slow_ == 0.0:
                 self.error_fast_ = self.error_slow_ = error
+            error = min(error, DRIFT_ERROR_CLIP * self.error_slow_)
             self.error_fast_ += ERROR_ALPHA_FAST * (error - self.error_fast_)
             self.error_slow_ += ERROR_ALPHA_SLOW * (error - self.error_slow_)
-        if (self.n_seen_ >= DRIFT_MIN_TASKS and self.n_seen_ >= self.boost_until_
-                and self.error_fast_ > DRIFT_RATIO * self.error_slow_):
-            self.drift_events_.append(self.n_seen_)
-            self.boost_until_ = self.n_seen_ + DRIFT_BOOST_TASKS
-            self.residuals_.forget(keep=32)
+            seen += 1
+            high = self.error_fast_ > DRIFT_RATIO * self.error_slow_
+            self.high_streak_ = self.high_streak_ + 1 if high else 0
+            if (seen >= DRIFT_MIN_TASKS and seen >= self.boost_until_
+                    and self.high_streak_ >= DRIFT_PERSISTENCE):
+                self.drift_events_.append(seen)
+                self.boost_until_ = seen + DRIFT_BOOST_TASKS
+                self.high_streak_ = 0
+                self.residuals_.forget(keep=32)
 
     # -- persistence -----------------------------------------------------------------------
     def get_state(self) -> tuple[dict, dict[str, np.ndarray]]:
@@ -294,6 +319,7 @@ class RuntimeModel:
             "residual_lengths": [len(self.residuals_.per_key_[k]) for k in residual_keys],
             "n_seen": self.n_seen_, "error_fast": self.error_fast_,
             "error_slow": self.error_slow_, "boost_until": self.boost_until_,
+            "high_streak": self.high_streak_,
             "drift_events": self.drift_events_,
         }
         arrays = {f"encoder.{k}": v for k, v in encoder_arrays.items()}
@@ -327,6 +353,7 @@ class RuntimeModel:
         model.n_seen_ = int(meta["n_seen"])
         model.error_fast_, model.error_slow_ = float(meta["error_fast"]), float(meta["error_slow"])
         model.boost_until_ = int(meta["boost_until"])
+        model.high_streak_ = int(meta.get("high_streak", 0))
         model.drift_events_ = list(meta["drift_events"])
         return model
 
@@ -337,7 +364,9 @@ class PriorityModel:
 
     def __init__(self, encoder: FeatureEncoder, *, learning_rate: float = LEARNING_RATE):
         self.encoder = encoder
-        self.regression_ = OnlineRegressor(learning_rate=learning_rate)
+        # Squared loss: priorities are bounded 0..9, and Huber's threshold (meant for log
+        # seconds) would clip every step to one priority level.
+        self.regression_ = OnlineRegressor(learning_rate=learning_rate, loss="squared_error")
 
     def observe(self, tasks: list[Task]) -> None:
         declared = [t for t in tasks if t.priority_declared]

@@ -127,9 +127,13 @@ class ScoredQueue:
         return self.ordering.scores(a, now, self.demand_s, self.served_s)
 
     def peek(self, now: float | None = None) -> Task | None:
+        """The task to run next at time ``now`` (default: the latest enqueue time, so aging
+        and deadlines stay meaningful whatever clock the tasks were stamped with)."""
         if not self._n:
             return None
-        scores = self._scores(0.0 if now is None else now)
+        if now is None:
+            now = float(self._arrays["enqueued"][: self._n].max())
+        scores = self._scores(now)
         return self._tasks[int(np.argmin(scores))]
 
     def pop(self, now: float | None = None) -> Task:

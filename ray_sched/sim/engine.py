@@ -9,6 +9,7 @@ well under a second, so policies can be compared and tuned quickly.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 
@@ -64,6 +65,9 @@ def simulate(tasks: list[Task], *, policy: str, slots: int, nodes: int = 1,
     core = GlobalCore(spec.make_placement(seed), loads, clock=clock)
     if learner is None and spec.needs_predictions:
         learner = Learner()
+    # Work on copies: a simulation leaves the caller's tasks as they were.
+    tasks = [dataclasses.replace(task, attempts=0, features=dict(task.features))
+             for task in tasks]
     by_id = {task.task_id: task for task in tasks}
     arrivals = sorted(tasks, key=lambda t: (t.arrival_s, t.task_id))
     finishes: list[tuple[float, int, int, Task, float]] = []
