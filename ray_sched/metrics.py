@@ -27,7 +27,9 @@ Definitions used by :func:`summarize` (times in seconds, "ok" means ``status == 
   with a prediction; **prediction_mape** = mean ``|pred - meas| / meas`` over those rows
   with ``meas > 0``. None when there are no such rows (policies that predict nothing).
 - **sched_overhead_ms_mean** (and ``_p99``) = ``(placed_s - arrival_s) * 1000`` over rows
-  with a ``placed_s`` (ok or failed); None when no row has one.
+  with a ``placed_s`` (ok or failed); None when no row has one. For a task that waited
+  for its parents, from ``ready_s`` (when its last parent finished) instead, when the
+  results have that column: the wait for parents is not scheduling overhead.
 
 Every value is kept at full precision; a value that cannot be computed is None, never
 NaN, so ``summary.json`` is strict JSON.
@@ -343,7 +345,11 @@ def summarize(results: pd.DataFrame, *, policy: str, slots: int) -> dict[str, An
     relative_error = np.abs(predicted - measured)[relative] / measured[relative]
 
     placed = frame["placed_s"].to_numpy()
-    overhead_ms = (placed - arrival)[~np.isnan(placed)] * 1000.0
+    # A task held for its parents is placed when the last of them finishes: its overhead
+    # counts from then (``ready_s``, when the results carry it), not from its arrival.
+    ready = (np.fmax(arrival, pd.to_numeric(frame["ready_s"], errors="coerce").to_numpy())
+             if "ready_s" in frame.columns else arrival)
+    overhead_ms = (placed - ready)[~np.isnan(placed)] * 1000.0
     busy_slot_s = float(np.sum(measured[ok] * frame["cpu"].to_numpy()[ok]))
 
     return {

@@ -145,6 +145,9 @@ def results_frame(tasks: list[Task], completions: dict[str, Completion], t0: flo
             "predicted_p90_s": _or_nan(c.predicted_p90_s),
         })
     frame = pd.DataFrame(rows)
+    finish_of = dict(zip(frame["task_id"], frame["finish_s"]))
+    frame["ready_s"] = [max([arrival, *(finish_of.get(p, np.nan) for p in task.parents)])
+                        for task, arrival in zip(tasks, frame["arrival_s"])]
     frame["deadline_met"] = metrics.deadline_met(frame["arrival_s"], frame["finish_s"],
                                                  frame["deadline_s"],
                                                  ok=frame["status"] == "ok")

@@ -177,6 +177,19 @@ def test_sched_overhead_is_arrival_to_placement_in_ms_over_placed_tasks(summary)
 
 
 @pytest.mark.unit
+def test_sched_overhead_of_a_task_held_for_its_parents_counts_from_when_it_was_ready():
+    # a arrives at 0, its parent finishes at 4 (ready_s), it is placed at 4.005: 5 ms.
+    # b has no parent: ready_s equals its arrival, placed 10 ms later.
+    frame = make_results([
+        task("a", arrival_s=0.0, ready_s=4.0, placed_s=4.005, start_s=4.01, finish_s=5.0,
+             measured_runtime_s=0.99),
+        task("b", arrival_s=1.0, ready_s=1.0, placed_s=1.01, start_s=1.02, finish_s=2.0,
+             measured_runtime_s=0.98)])
+    summary = summarize(frame, policy="learned", slots=1)
+    assert summary["sched_overhead_ms_mean"] == pytest.approx(7.5)
+
+
+@pytest.mark.unit
 def test_optional_metrics_are_none_without_their_columns():
     # No runtime_s, tenant, cpu, deadline_s, placed_s, predictions: a baseline on API tasks.
     frame = make_results([task("a", arrival_s=0.0, start_s=0.0, finish_s=1.0,
