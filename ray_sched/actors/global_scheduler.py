@@ -58,7 +58,6 @@ class GlobalScheduler:
             ).remote(entry["name"], entry["node_id"], entry["slots"], ordering, me)
             for entry in plan
         ]
-        self.index_of = {entry["name"]: i for i, entry in enumerate(plan)}
         loads = [WorkerLoad(name=e["name"], slots=e["slots"], region=e.get("region"),
                             node=e["node_id"]) for e in plan]
         self.core = GlobalCore(PLACEMENTS[placement](seed=seed), loads)
