@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 #: Columns of the trace contract with a fixed meaning; every other column is a feature.
@@ -85,3 +85,8 @@ class Completion:
         if self.start_wall is None or self.finish_wall is None:
             return None
         return self.finish_wall - self.start_wall
+
+
+def without_payload(task: Task) -> Task:
+    """The task without its payload, for the learner (it needs features, not the function)."""
+    return replace(task, payload=None) if task.payload is not None else task

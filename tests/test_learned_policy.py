@@ -322,3 +322,28 @@ def test_expected_completion_uses_any_worker_when_no_worker_serves_the_region():
     workers = loads((2, 10.0, "eu"), (2, 0.0, "us"))
     index, _ = ExpectedCompletion(seed=0).choose(predicted("t", region="ap"), workers)
     assert index == 1
+
+
+def test_refresh_reorders_queued_tasks_by_new_predictions_without_touching_the_tasks():
+    from ray_sched.policies.learned import LearnedOrdering
+
+    queue = LearnedOrdering(age_weight=0, fairness_weight=0).make_queue()
+    a = Task("a", predicted_runtime_s=1.0, predicted_p90_s=2.0, predicted_mean_s=1.0)
+    b = Task("b", predicted_runtime_s=2.0, predicted_p90_s=4.0, predicted_mean_s=2.0, seq=1)
+    queue.push(a)
+    queue.push(b)
+    assert queue.peek(0.0).task_id == "a"
+    queue.refresh(["b", "a", "gone"], [0.1, 5.0, 1.0], [0.2, 9.0, 2.0], [0.1, 5.0, 1.0])
+    assert queue.peek(0.0).task_id == "b"
+    assert a.predicted_runtime_s == 1.0 and b.predicted_runtime_s == 2.0  # as placed
+
+
+def test_simulation_with_refresh_keeps_every_task_and_the_predictions_made_at_placement():
+    from ray_sched.sim import simulate
+    from ray_sched.trace import frame_to_tasks
+    from ray_sched.workloads.synthetic import generate
+
+    tasks = frame_to_tasks(generate("bursty", n=300, slots=4, load=0.9, seed=2))
+    completions, learner = simulate(tasks, policy="ml", slots=4, refresh_every_s=0.1)
+    assert len(completions) == 300 and learner is not None
+    assert all(c.predicted_runtime_s is not None for c in completions.values())

@@ -9,7 +9,6 @@ without a busy loop).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 
@@ -22,17 +21,12 @@ from ray_sched.learner import FallbackPredictor
 from ray_sched.policies import PLACEMENTS
 from ray_sched.policies.global_core import GlobalCore
 from ray_sched.policies.placement import WorkerLoad
-from ray_sched.task import Completion, Task
+from ray_sched.task import Completion, Task, without_payload
 
 log = logging.getLogger(__name__)
 
 #: How long a batch waits for the learner's predictions before the fallback answers.
 PREDICT_TIMEOUT_S = 1.0
-
-
-def _for_learning(task: Task) -> Task:
-    """The task without its payload (the learner needs features, not the function)."""
-    return dataclasses.replace(task, payload=None) if task.payload is not None else task
 
 
 @ray.remote(num_cpus=0)
@@ -55,7 +49,8 @@ class GlobalScheduler:
             LocalScheduler.options(
                 name=None,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(entry["node_id"], soft=False),
-            ).remote(entry["name"], entry["node_id"], entry["slots"], ordering, me)
+            ).remote(entry["name"], entry["node_id"], entry["slots"], ordering, me,
+                     self.learner)
             for entry in plan
         ]
         loads = [WorkerLoad(name=e["name"], slots=e["slots"], region=e.get("region"),
@@ -103,7 +98,7 @@ class GlobalScheduler:
             entry = self.core.ledger.get(completion.task_id)
             runtime = completion.measured_runtime_s
             if entry is not None and completion.status == "ok" and runtime is not None:
-                tasks.append(_for_learning(entry.task))
+                tasks.append(without_payload(entry.task))
                 measured.append(runtime)
         if tasks:
             self.fallback.observe(tasks, measured)

@@ -19,6 +19,7 @@ from ray_sched.errors import ConfigError
 from ray_sched.learner import Learner
 from ray_sched.policies import resolve_policy
 from ray_sched.policies.global_core import GlobalCore
+from ray_sched.policies.learned import REFRESH_EVERY_S
 from ray_sched.policies.local import LocalCore
 from ray_sched.policies.placement import WorkerLoad
 from ray_sched.task import Completion, Task
@@ -40,7 +41,8 @@ class _Clock:
 def simulate(tasks: list[Task], *, policy: str, slots: int, nodes: int = 1,
              local_schedulers: int | None = None, regions: list[str] | None = None,
              launch_overhead_s: float = DEFAULT_LAUNCH_OVERHEAD_S, seed: int | None = 0,
-             learner: Learner | None = None) -> tuple[dict[str, Completion], Learner | None]:
+             learner: Learner | None = None, refresh_every_s: float | None = REFRESH_EVERY_S
+             ) -> tuple[dict[str, Completion], Learner | None]:
     """Run ``tasks`` under ``policy`` on ``slots`` slots spread over ``nodes`` virtual nodes.
 
     Returns:
@@ -93,6 +95,7 @@ def simulate(tasks: list[Task], *, policy: str, slots: int, nodes: int = 1,
         for completion in batch:
             completions[completion.task_id] = completion
 
+    last_refresh = [0.0]
     next_arrival = 0
     n = len(arrivals)
     while next_arrival < n or finishes:
@@ -113,6 +116,10 @@ def simulate(tasks: list[Task], *, policy: str, slots: int, nodes: int = 1,
                 ok = [c for c in recorded if c.status == "ok"]
                 learner.observe([by_id[c.task_id] for c in ok],
                                 np.array([c.finish_wall - c.start_wall for c in ok]))
+                if refresh_every_s is not None and clock.now - last_refresh[0] >= refresh_every_s:
+                    last_refresh[0] = clock.now
+                    for local in locals_:
+                        refresh_queue(local.queue, learner)
             for index in {locals_.index(local) for local in locals_
                           if any(c.worker == local.name for c in done)}:
                 dispatch(index)
@@ -131,3 +138,13 @@ def simulate(tasks: list[Task], *, policy: str, slots: int, nodes: int = 1,
             record(failed)
             deliver(placements)
     return completions, learner
+
+
+def refresh_queue(queue, learner) -> None:
+    """Re-predict the tasks waiting in a queue that orders by predictions."""
+    if not hasattr(queue, "refresh") or len(queue) < 2:
+        return
+    waiting = list(queue.queued())
+    predictions = learner.predict(waiting)
+    queue.refresh([t.task_id for t in waiting], predictions.p50_s, predictions.p90_s,
+                  predictions.mean_s)
