@@ -57,7 +57,7 @@ class LocalScheduler:
 
     async def _refresh_loop(self) -> None:
         """Every REFRESH_EVERY_S, re-predict the tasks still waiting: the learner has seen
-        more completions since they were queued (worth 5-10% of mean JCT in bursts)."""
+        more completions since they were queued (benchmarks/README.md has its effect)."""
         while True:
             await asyncio.sleep(REFRESH_EVERY_S)
             queue = self.core.queue
