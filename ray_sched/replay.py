@@ -59,21 +59,17 @@ def make_engine(policy: str, slots: int, *, address: str | None = None,
     if policy == "dask":
         from ray_sched.baselines.dask_engine import DaskEngine
         return DaskEngine(slots)
+    from ray_sched.actors.runtime import ensure_ray
     if policy == "ray-default":
         from ray_sched.baselines.ray_default import RayDefaultEngine
-        _ensure_ray(slots, address)
+        ensure_ray(slots, address)
         return RayDefaultEngine(slots)
     resolve_policy(policy)  # a clear error before Ray starts
-    _ensure_ray(slots, address)
+    ensure_ray(slots, address)
     from ray_sched.scheduler import Scheduler
     return SchedulerEngine(Scheduler(policy, slots, address=address,
                                      local_schedulers=local_schedulers, regions=regions,
                                      seed=seed, **(model_options or {})))
-
-
-def _ensure_ray(slots: int, address: str | None) -> None:
-    from ray_sched.actors.runtime import ensure_ray
-    ensure_ray(slots, address)
 
 
 def drive(engine: Engine, tasks: list[Task], *, progress: Progress | None = None

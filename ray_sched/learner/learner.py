@@ -115,11 +115,13 @@ class Learner:
         if not keep.all():
             tasks = [t for t, k in zip(tasks, keep) if k]
             measured = measured[keep]
-        p90 = self.runtime.predict(tasks).p90_s
+        # p90 coverage from the residuals: measured <= exp(mu + q90) iff residual <= q90,
+        # with q90 as it stood before these tasks were learned (no second prediction pass).
+        q90 = self.runtime.residuals_.lookup([t.kind for t in tasks])[:, 1]
         residuals = self.runtime.observe(tasks, measured)
         self.priority.observe(tasks)
         self._abs_errors.extend(np.abs(residuals).tolist())
-        self._covered.extend((measured <= p90).tolist())
+        self._covered.extend((residuals <= q90).tolist())
         del self._abs_errors[:-1000], self._covered[:-1000]
         self.n_observed_ += len(tasks)
 
