@@ -82,6 +82,68 @@ class ReplayIncompleteError(RaySchedError, RuntimeError):
     exit_code = 4
 
 
+class OtlpError(RaySchedError, ValueError):
+    """A request the OTLP receiver refuses. ``http_status`` and ``grpc_code`` (a
+    ``grpc.StatusCode`` name) are how :mod:`ray_sched.otlp.receiver` answers it."""
+
+    exit_code = 3
+    http_status = 400
+    grpc_code = "INVALID_ARGUMENT"
+
+
+class InvalidPayloadError(OtlpError):
+    """A body that does not decode, or data that breaks the OTLP specification.
+
+    Args:
+        message: what is wrong, quoting the bad value.
+        path: the field's path in the request, e.g. ``resourceSpans[0].scopeSpans[1].spans[3]
+            .traceId`` (empty when the body as a whole is at fault).
+    """
+
+    def __init__(self, message: str, path: str = ""):
+        self.path = path
+        self.reason = message
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+class PayloadTooLargeError(OtlpError):
+    """A body over the size limit (measured after decompression)."""
+
+    http_status = 413
+    grpc_code = "RESOURCE_EXHAUSTED"
+
+
+class UnsupportedMediaTypeError(OtlpError):
+    """A content type or encoding the receiver does not speak."""
+
+    http_status = 415
+    grpc_code = "INVALID_ARGUMENT"
+
+
+class UnauthenticatedError(OtlpError):
+    """A request without the bearer token the receiver was started with."""
+
+    http_status = 401
+    grpc_code = "UNAUTHENTICATED"
+
+
+class OverloadedError(OtlpError):
+    """The receiver's bounded queue or memory limit is reached: retry after ``retry_after_s``.
+
+    Args:
+        message: which limit, with its value.
+        retry_after_s: the delay to advertise (``Retry-After`` / gRPC ``RetryInfo``).
+        http_status: 429 for a full queue, 503 for the memory limit.
+    """
+
+    grpc_code = "UNAVAILABLE"
+
+    def __init__(self, message: str, retry_after_s: float = 1.0, http_status: int = 429):
+        self.retry_after_s = retry_after_s
+        self.http_status = http_status
+        super().__init__(message)
+
+
 def exit_code_for(error: BaseException) -> int:
     """The CLI exit status for an error: its class's ``exit_code``, 1 for anything else."""
     return getattr(error, "exit_code", 1)
