@@ -154,6 +154,10 @@ class Scheduler:
             the latest in ``model_dir``.
         fresh: start the learner from nothing, ignoring any checkpoint.
         checkpoint_every: completions between two learner checkpoints.
+        stages: named processing stages, ``{name: factory}``: every local scheduler starts
+            one actor per slot on its node holding ``factory()`` (a picklable callable, e.g.
+            a class or a ``functools.partial``), and :meth:`submit_stage` runs that object's
+            methods there as scheduled tasks, so that state lives across tasks.
 
     Raises:
         ConfigError: an unknown policy, a baseline name, or slots that cannot be split.
@@ -164,7 +168,8 @@ class Scheduler:
                  regions: list[str] | None = None, seed: int | None = 0, warmup: bool = True,
                  actor_options: dict | None = None, model_dir: str | None = "models",
                  model: str | None = None, fresh: bool = False,
-                 checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY):
+                 checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
+                 stages: dict[str, Callable[[], Any]] | None = None):
         if policy in BASELINES:
             raise ConfigError(f"{policy!r} is a baseline: use ray_sched.replay.replay() or "
                               f"`ray-sched replay --policy {policy}` to measure it")
@@ -189,8 +194,14 @@ class Scheduler:
                 "load": None if fresh else (str(Path(model).resolve()) if model else "latest"),
                 "checkpoint_every": checkpoint_every}
         self.learner_info: dict | None = None
+        self.stages = dict(stages or {})
+        for name, factory in self.stages.items():
+            if not callable(factory):
+                raise ConfigError(f"stage {name!r}: the factory must be callable, got "
+                                  f"{type(factory).__name__}")
         self._global = GlobalScheduler.options(**options).remote(
-            self.plan, self.policy.ordering, self.policy.placement, seed, learner_options)
+            self.plan, self.policy.ordering, self.policy.placement, seed, learner_options,
+            self.stages)
         ray.get(self._global.ready.remote(), timeout=STARTUP_TIMEOUT_S)
         if warmup:
             ray.get(self._global.warmup.remote(), timeout=STARTUP_TIMEOUT_S)
@@ -236,6 +247,32 @@ class Scheduler:
                                after=after, cpu=cpu, task_id=task_id)
         return self.submit_tasks([task])[0]
 
+    def submit_stage(self, stage: str, method: str, *args: Any, kind: str | None = None,
+                     features: dict | None = None, **options: Any) -> TaskFuture:
+        """Schedule ``<stage object>.<method>(*args)`` on one of the stage's actors.
+
+        ``options`` are those of :meth:`submit` (tenant, region, priority, deadline_s,
+        after, task_id); ``kind`` defaults to ``"<stage>.<method>"``. ObjectRef arguments
+        are resolved before the call, as for :meth:`submit`.
+
+        Raises:
+            ConfigError: an unknown stage or method name, or a bad option.
+        """
+        if stage not in self.stages:
+            raise ConfigError(f"unknown stage {stage!r}; this Scheduler has "
+                              f"{sorted(self.stages) or 'no stages'}")
+        if not isinstance(method, str) or not method.isidentifier():
+            raise ConfigError(f"method must be a method name, got {method!r}")
+        task = self._make_task(None, args, {}, kind=kind or f"{stage}.{method}",
+                               features=features, **options)
+        task.stage = stage
+        task.payload = ray.put((method, tuple(args), {}))
+        return self.submit_tasks([task])[0]
+
+    def close_stages(self, timeout: float = 60.0) -> list:
+        """Call ``close()`` on every stage object (flush what they buffer); returns the results."""
+        return ray.get(self._global.close_stages.remote(), timeout=timeout)
+
     def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None,
             **options: Any) -> Iterator[Any]:
         """Like ``concurrent.futures.Executor.map``: every call is submitted at once (in one
@@ -277,7 +314,7 @@ class Scheduler:
     def _make_task(self, fn, args, kwargs, *, kind=DEFAULT_KIND, tenant=DEFAULT_TENANT,
                    region=None, priority=0, deadline_s=None, features=None, after=(), cpu=1.0,
                    task_id=None) -> Task:
-        if not callable(fn):
+        if fn is not None and not callable(fn):
             raise ConfigError(f"fn must be callable, got {type(fn).__name__}")
         _validate_options(priority, deadline_s, cpu)
         parents = tuple(p.task_id if isinstance(p, TaskFuture) else str(p) for p in after)
@@ -288,7 +325,7 @@ class Scheduler:
             region=None if region is None else str(region), priority=priority,
             deadline_s=None if deadline_s is None else float(deadline_s), parents=parents,
             cpu=float(cpu), features=dict(features or {}), submitted_at=now,
-            payload=ray.put((fn, tuple(args), dict(kwargs))),
+            payload=None if fn is None else ray.put((fn, tuple(args), dict(kwargs))),
         )
 
     # -- completions -----------------------------------------------------------------------

@@ -62,6 +62,31 @@ def user_call(payload: tuple) -> tuple[tuple[float, float, str], Any]:
     return (start, time.time(), error), value
 
 
+@ray.remote(num_cpus=0)
+class StageActor:
+    """One worker of a processing stage: hosts the object ``factory()`` builds and runs its
+    methods as tasks. The local scheduler that owns it bounds how many run at once (its
+    slots), so the actor itself reserves no CPU; its state (a sampler's running quantiles, a
+    sink's buffer) lives as long as the actor."""
+
+    def __init__(self, factory):
+        self._stage = factory()
+
+    def ping(self) -> bool:
+        return True
+
+    @ray.method(num_returns=2)
+    def call(self, payload: tuple) -> tuple[tuple[float, float, str], Any]:
+        """Run ``stage.<method>(*args, **kwargs)``; the same result shape as :func:`user_call`."""
+        method, args, kwargs = payload
+        return user_call((getattr(self._stage, method), args, kwargs))
+
+    def close(self) -> Any:
+        """Call the stage's ``close()`` when it has one (flush buffers before the actor goes)."""
+        close = getattr(self._stage, "close", None)
+        return close() if callable(close) else None
+
+
 run_synthetic = ray.remote(max_retries=SYSTEM_RETRIES)(synthetic_work)
 run_user_call = ray.remote(num_returns=2, max_retries=SYSTEM_RETRIES)(user_call)
 

@@ -32,7 +32,7 @@ PREDICT_TIMEOUT_S = 1.0
 @ray.remote(num_cpus=0)
 class GlobalScheduler:
     def __init__(self, plan: list[dict], ordering: str, placement: str, seed: int | None = 0,
-                 learner_options: dict | None = None):
+                 learner_options: dict | None = None, stages: dict | None = None):
         me = ray.get_runtime_context().current_actor
         here = ray.get_runtime_context().get_node_id()
         # The learner, when the policy needs predictions; the fallback serves while it
@@ -50,7 +50,7 @@ class GlobalScheduler:
                 name=None,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(entry["node_id"], soft=False),
             ).remote(entry["name"], entry["node_id"], entry["slots"], ordering, me,
-                     self.learner)
+                     self.learner, stages)
             for entry in plan
         ]
         loads = [WorkerLoad(name=e["name"], slots=e["slots"], region=e.get("region"),
@@ -148,6 +148,11 @@ class GlobalScheduler:
         info["stats"] = await self.learner.stats.remote()
         info["fallback_batches"] = self.n_fallback_batches
         return info
+
+    async def close_stages(self) -> list:
+        """Close every stage actor of every local scheduler (they flush what they hold)."""
+        results = await asyncio.gather(*(local.close_stages.remote() for local in self.locals))
+        return [r for local_results in results for r in local_results]
 
     async def shutdown(self) -> dict | None:
         """Stop the local schedulers; checkpoint the learner. Returns the learner's info."""

@@ -1,8 +1,10 @@
 """The LocalScheduler actor: a thin Ray wrapper around :class:`LocalCore`.
 
 It receives placed tasks, runs the next ones by its ordering as Ray tasks
-pinned to its node, and reports completions to the global scheduler in
-batches (every completion that arrives in one event-loop turn goes in one call).
+pinned to its node (or, for a task of a named stage, on one of that stage's
+actors on its node: one actor per slot, so a free one is always there), and
+reports completions to the global scheduler in batches (every completion that
+arrives in one event-loop turn goes in one call).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import time
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from ray_sched.actors.execute import run_synthetic, run_user_call, warm_workers
+from ray_sched.actors.execute import StageActor, run_synthetic, run_user_call, warm_workers
 from ray_sched.policies import ORDERINGS
 from ray_sched.policies.learned import REFRESH_EVERY_S
 from ray_sched.policies.local import LocalCore
@@ -23,7 +25,7 @@ from ray_sched.task import Completion, Task, without_payload
 @ray.remote(num_cpus=0)
 class LocalScheduler:
     def __init__(self, name: str, node_id: str, slots: float, ordering: str, global_handle,
-                 learner=None):
+                 learner=None, stages: dict | None = None):
         self.name = name
         self._learner = learner  # re-predicts queued tasks for orderings that use predictions
         self._refresher: asyncio.Task | None = None
@@ -35,15 +37,37 @@ class LocalScheduler:
         self._outbox: list[Completion] = []
         self._flush_pending = False
         self._watchers: set[asyncio.Task] = set()
+        self._stage_factories = dict(stages or {})
+        self._stage_actors: dict[str, list] = {}   # every actor of each stage
+        self._stage_free: dict[str, list] = {}     # those not running a task now
+
+    def _stage_pool(self, stage: str) -> list:
+        free = self._stage_free.get(stage)
+        if free is None:
+            actors = [StageActor.options(scheduling_strategy=self._strategy)
+                      .remote(self._stage_factories[stage])
+                      for _ in range(max(1, int(self.core.slots)))]
+            self._stage_actors[stage] = actors
+            free = self._stage_free[stage] = list(actors)
+        return free
+
+    async def close_stages(self) -> list:
+        """Call ``close()`` on every stage actor (flushing their buffers); returns the results."""
+        calls = [actor.close.remote() for actors in self._stage_actors.values()
+                 for actor in actors]
+        return list(await asyncio.gather(*calls))
 
     async def ping(self) -> dict:
         return {"name": self.name, "node_id": self.node_id, "slots": self.core.slots}
 
     async def warmup(self) -> None:
-        """Start this node's workers for every slot before any timing starts."""
+        """Start this node's workers for every slot (and every stage's actors) before any
+        timing starts."""
         await asyncio.get_running_loop().run_in_executor(
             None, warm_workers, int(self.core.slots),
             {"scheduling_strategy": self._strategy})
+        for stage in self._stage_factories:
+            await asyncio.gather(*(actor.ping.remote() for actor in self._stage_pool(stage)))
 
     async def enqueue(self, tasks: list[Task]) -> None:
         now = time.time()
@@ -88,16 +112,25 @@ class LocalScheduler:
         for task in self.core.next_runnable():
             task.attempts += 1
             cpu = min(task.cpu, self.core.slots)
-            if task.payload is None:
+            actor = None
+            if task.stage is not None:
+                free = self._stage_pool(task.stage)
+                # One actor per slot, so one is free unless a task takes more than one slot.
+                actor = free.pop() if free else self._stage_actors[task.stage][task.seq % len(
+                    self._stage_actors[task.stage])]
+                meta_ref, value_ref = actor.call.remote(task.payload)
+            elif task.payload is None:
                 meta_ref = self._launcher("synthetic", cpu).remote(task.runtime_s)
                 value_ref = None
             else:
                 meta_ref, value_ref = self._launcher("call", cpu).remote(task.payload)
-            watcher = asyncio.ensure_future(self._watch(task, meta_ref, value_ref, time.time()))
+            watcher = asyncio.ensure_future(
+                self._watch(task, meta_ref, value_ref, time.time(), actor))
             self._watchers.add(watcher)
             watcher.add_done_callback(self._watchers.discard)
 
-    async def _watch(self, task: Task, meta_ref, value_ref, launched_wall: float) -> None:
+    async def _watch(self, task: Task, meta_ref, value_ref, launched_wall: float,
+                     actor=None) -> None:
         completion = Completion(task.task_id, "ok", worker=self.name, node=self.node_id,
                                 attempts=task.attempts, value_ref=value_ref,
                                 queued_wall=task.queued_wall, launched_wall=launched_wall)
@@ -109,6 +142,8 @@ class LocalScheduler:
         except Exception as error:  # noqa: BLE001 - a lost worker or a Ray error: report it
             completion.status = "failed"
             completion.error = f"{type(error).__name__}: {error}"[:2000]
+        if actor is not None and actor not in self._stage_free[task.stage]:
+            self._stage_free[task.stage].append(actor)
         self.core.finish(task.task_id)
         self._outbox.append(completion)
         self._dispatch()
