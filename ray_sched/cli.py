@@ -1,4 +1,4 @@
-"""``ray-sched``: replay, compare, gen and convert.
+"""``ray-sched``: replay, compare, simulate, serve, gen and convert.
 
 Errors of ray_sched are printed as one line on stderr and mapped to exit codes
 in one place (:func:`ray_sched.errors.exit_code_for`).
@@ -117,6 +117,42 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--csv", action="store_true")
     simulate.set_defaults(func=cmd_simulate)
 
+    serve = commands.add_parser(
+        "serve", help="receive OTLP over HTTP and gRPC, schedule and process it",
+        description="An OTLP/HTTP (/v1/traces, /v1/metrics, /v1/logs; protobuf or JSON; gzip) "
+                    "and OTLP/gRPC receiver. Each request is a task scheduled by the "
+                    "GlobalScheduler and processed on stage actors: span-tree assembly, "
+                    "tail sampling, span metrics; every accepted item lands in Parquet "
+                    "under --export-dir. SIGTERM drains before exit.")
+    serve.add_argument("--export-dir", required=True, help="where the Parquet tables go")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default loopback only)")
+    serve.add_argument("--http-port", type=int, default=4318,
+                       help="OTLP/HTTP port (default 4318; 0 picks a free one)")
+    serve.add_argument("--grpc-port", type=int, default=4317,
+                       help="OTLP/gRPC port (default 4317; 0 picks a free one)")
+    serve.add_argument("--no-http", action="store_true", help="no OTLP/HTTP listener")
+    serve.add_argument("--no-grpc", action="store_true", help="no OTLP/gRPC listener")
+    serve.add_argument("--address", default=None,
+                       help="existing Ray cluster ('auto'); default: embedded Ray")
+    serve.add_argument("--policy", default="ml", help="policy of the processing tasks")
+    serve.add_argument("--slots", type=_positive_int, default=None,
+                       help="processing slots (default: the cluster's CPUs)")
+    serve.add_argument("--local-schedulers", type=_positive_int, default=None)
+    serve.add_argument("--auth-token-env", default=None, metavar="VAR",
+                       help="require 'Authorization: Bearer <token>', the token read from "
+                            "this environment variable")
+    serve.add_argument("--max-body-bytes", type=_positive_int, default=None,
+                       help="largest request body after decompression (default 16 MiB)")
+    serve.add_argument("--max-pending-requests", type=_positive_int, default=None,
+                       help="accepted requests not yet exported before 429 (default 1024)")
+    serve.add_argument("--sample-probability", type=float, default=None,
+                       help="share of ordinary traces kept by tail sampling (default 0.1)")
+    serve.add_argument("--max-depth", type=_positive_int, default=None,
+                       help="span-tree depth above which a trace is flagged (default 1000)")
+    _add_model_options(serve)
+    serve.set_defaults(func=cmd_serve)
+
     model = commands.add_parser("model", help="inspect learner checkpoints")
     model_commands = model.add_subparsers(dest="model_command", metavar="ACTION")
     model_commands.required = True
@@ -200,6 +236,40 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                             nodes=args.nodes, time_scale=args.time_scale, seed=args.seed,
                             local_schedulers=args.local_schedulers, csv=args.csv)
     return _report(result, args.out, "simulate")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from ray_sched.errors import ConfigError
+    from ray_sched.otlp.pipeline import PipelineConfig
+    from ray_sched.otlp.receiver import serve
+
+    token = None
+    if args.auth_token_env:
+        token = os.environ.get(args.auth_token_env)
+        if not token:
+            raise ConfigError(f"--auth-token-env {args.auth_token_env}: that environment "
+                              f"variable is empty or not set")
+    if args.no_http and args.no_grpc:
+        raise ConfigError("--no-http and --no-grpc: nothing would listen")
+    options = {name: getattr(args, name) for name in (
+        "max_body_bytes", "max_pending_requests", "sample_probability", "max_depth")
+        if getattr(args, name) is not None}
+    config = PipelineConfig(export_dir=args.export_dir, policy=args.policy, slots=args.slots,
+                            address=args.address, local_schedulers=args.local_schedulers,
+                            **_model_options(args), **options)
+    from ray_sched.actors.runtime import ensure_ray
+
+    ensure_ray(args.slots, args.address)  # in the main thread, where Ray sets its handlers
+    try:
+        asyncio.run(serve(config, host=args.host,
+                          http_port=None if args.no_http else args.http_port,
+                          grpc_port=None if args.no_grpc else args.grpc_port,
+                          auth_token=token))
+    finally:
+        _shutdown_ray()
+    return 0
 
 
 def cmd_model_show(args: argparse.Namespace) -> int:

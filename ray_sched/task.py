@@ -45,7 +45,7 @@ class Task:
     priority_declared: bool = True     # False: the trace left it empty, the learner predicts it
     effective_priority: float | None = None  # declared, or predicted when not declared
     payload: Any = None                # an ObjectRef of (fn, args, kwargs) for API tasks
-    stage: str | None = None           # run on this stage's actors: payload is (method, args, kwargs)
+    stage: str | None = None           # run on a stage actor; payload: (method, args, kwargs)
     attempts: int = 0
     received_wall: float | None = None  # set by the global scheduler on receipt
     queued_wall: float | None = None   # set by the local scheduler on receipt

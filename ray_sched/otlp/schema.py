@@ -59,7 +59,7 @@ ASSEMBLY_FIELDS = pa.schema([
     ("trace_depth", pa.int32()),           # deepest depth in the trace
     ("trace_duration_ns", pa.int64()),     # last end minus first start
     ("trace_error", pa.bool_()),
-    ("trace_depth_exceeded", pa.bool_()),  # deeper than max_depth: flagged, not processed deeper
+    ("trace_depth_exceeded", pa.bool_()),  # deeper than max_depth: flagged only
     ("trace_has_cycle", pa.bool_()),
     ("trace_orphans", pa.int32()),
     ("critical_path_ns", pa.int64()),      # summed self time along the critical path
