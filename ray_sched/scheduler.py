@@ -258,6 +258,13 @@ class Scheduler:
         Raises:
             ConfigError: an unknown stage or method name, or a bad option.
         """
+        task = self.stage_task(stage, method, *args, kind=kind, features=features, **options)
+        return self.submit_tasks([task])[0]
+
+    def stage_task(self, stage: str, method: str, *args: Any, kind: str | None = None,
+                   features: dict | None = None, **options: Any) -> Task:
+        """The Task :meth:`submit_stage` would submit, for :meth:`submit_tasks` to send many
+        in one batch (one call to the global scheduler, one prediction request)."""
         if stage not in self.stages:
             raise ConfigError(f"unknown stage {stage!r}; this Scheduler has "
                               f"{sorted(self.stages) or 'no stages'}")
@@ -266,8 +273,9 @@ class Scheduler:
         task = self._make_task(None, args, {}, kind=kind or f"{stage}.{method}",
                                features=features, **options)
         task.stage = stage
-        task.payload = ray.put((method, tuple(args), {}))
-        return self.submit_tasks([task])[0]
+        # Inline, not ray.put: it is a name and (usually) ObjectRefs, smaller than a put.
+        task.payload = (method, tuple(args), {})
+        return task
 
     def close_stages(self, timeout: float = 60.0) -> list:
         """Call ``close()`` on every stage object (flush what they buffer); returns the results."""

@@ -565,21 +565,21 @@ def test_truncated_protobuf_raises_invalid_payload():
         decode_request("traces", body[: len(body) // 2], PROTOBUF)
 
 
-@pytest.mark.parametrize("span, path, reason", [
-    ("x", "resourceSpans[0].scopeSpans[0].spans", "repeated field spans must be in []"),
-    ({"startTimeUnixNano": {}}, "resourceSpans[0].scopeSpans[0].spans[0].startTimeUnixNano",
-     "int() argument"),
-])
-def test_json_field_of_the_wrong_type_names_the_field(span, path, reason):
+def test_json_spans_that_are_not_a_list_name_the_field():
     data = spans_json()
-    data["resourceSpans"][0]["scopeSpans"][0]["spans"] = span if span == "x" else [
-        span_json(), span]
-    if span != "x":
-        path = path.replace("spans[0]", "spans[1]")
+    data["resourceSpans"][0]["scopeSpans"][0]["spans"] = "x"
     with pytest.raises(InvalidPayloadError) as raised:
         decode_request("traces", json_body(data), JSON)
-    assert raised.value.path == path
-    assert reason in raised.value.reason
+    assert raised.value.path == "resourceSpans[0].scopeSpans[0].spans"
+    assert "repeated field spans must be in []" in raised.value.reason
+
+
+def test_json_timestamp_that_is_an_object_names_the_field_and_span():
+    data = spans_json(span_json(), span_json(startTimeUnixNano={}))
+    with pytest.raises(InvalidPayloadError) as raised:
+        decode_request("traces", json_body(data), JSON)
+    assert raised.value.path == "resourceSpans[0].scopeSpans[0].spans[1].startTimeUnixNano"
+    assert str(raised.value).startswith(raised.value.path + ": ")
 
 
 def test_json_error_under_a_metric_type_names_its_full_path():
@@ -865,12 +865,22 @@ def test_payload_file_of_unknown_suffix_raises(tmp_path):
         read_payload_file(path)
 
 
-def test_attribute_cache_stays_bounded():
-    request = trace_request(*[
-        {"attributes": [kv("id", int_value=n)]}
-        for n in range(otlp_decode._MEMBER_CACHE_ENTRIES + 10)])
-    decoded = decode_message("traces", request)
-    assert decoded.accepted == otlp_decode._MEMBER_CACHE_ENTRIES + 10
+def test_attribute_caches_stay_bounded():
+    spans = otlp_decode._MEMBER_CACHE_ENTRIES + 10
+    request = trace_request(*[{"attributes": [kv("id", int_value=n)]} for n in range(spans)])
+    for _ in range(2):  # the second time every member is known, so the sets are cached
+        decoded = decode_message("traces", request)
+    assert decoded.accepted == spans
     assert len(otlp_decode._MEMBERS) <= otlp_decode._MEMBER_CACHE_ENTRIES
-    assert json.loads(decoded.columns["attributes"][-1]) == {
-        "id": otlp_decode._MEMBER_CACHE_ENTRIES + 9}
+    assert len(otlp_decode._ATTRIBUTE_SETS) <= otlp_decode._SET_CACHE_ENTRIES
+    assert json.loads(decoded.columns["attributes"][-1]) == {"id": spans - 1}
+
+
+def test_cached_attributes_give_the_same_columns_as_fresh_ones():
+    otlp_decode._MEMBERS.clear()
+    otlp_decode._ATTRIBUTE_SETS.clear()
+    decoded = [decode_message(signal, BUILDERS[signal]()) for signal in ("traces", "logs")]
+    for _ in range(2):
+        again = [decode_message(signal, BUILDERS[signal]()) for signal in ("traces", "logs")]
+        for first, second in zip(decoded, again):
+            assert_same_columns(first.columns, second.columns)
