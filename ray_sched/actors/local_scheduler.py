@@ -17,7 +17,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ray_sched.actors.execute import StageActor, run_synthetic, run_user_call, warm_workers
 from ray_sched.policies import ORDERINGS
-from ray_sched.policies.learned import REFRESH_EVERY_S
+from ray_sched.policies.learned import REFRESH_EVERY_S, REFRESH_MAX_TASKS
 from ray_sched.policies.local import LocalCore
 from ray_sched.task import Completion, Task, without_payload
 
@@ -87,7 +87,7 @@ class LocalScheduler:
             queue = self.core.queue
             if len(queue) < 2:
                 continue
-            waiting = [without_payload(t) for t in queue.queued()]
+            waiting = [without_payload(t) for t in queue.head(REFRESH_MAX_TASKS)]
             try:
                 predictions = await asyncio.wait_for(self._learner.predict.remote(waiting),
                                                      timeout=REFRESH_EVERY_S * 4)

@@ -12,15 +12,17 @@ Stages and where they run::
       │ GlobalScheduler asks the Learner for its processing time, places it
       ▼
     OtlpProcessor (stage actors, one per slot of each LocalScheduler)
-      │ span-tree assembly → tail sampling → span-metrics partials
-      ▼
-    Exporter actor                      Parquet part files + aggregates per window
+      │ span-tree assembly → tail sampling → Parquet part files (spans/, metrics/, logs/)
+      ▼ running aggregates, shipped every second
+    Aggregator actor                    span_metrics/, metric_series/, log_counts/ per window
 
-Everything answered with 200 is tracked until the exporter holds it; :meth:`OtlpPipeline.drain`
-waits for all of it and flushes, so that a SIGTERM loses nothing already accepted. A
-processing task that fails for a system reason (a lost worker) is submitted again, up to
-``max_attempts`` times: it writes to the exporter in one call at its very end, so a retry
-duplicates nothing unless that last call's reply was lost.
+Everything answered with 200 is tracked until a processor holds its rows;
+:meth:`OtlpPipeline.drain` waits for all of it, then closes the processors and the aggregator
+(each writes what it holds), so that a SIGTERM loses nothing already accepted. A processing
+task that fails for a system reason (a lost worker) is submitted again, up to
+``max_attempts`` times; a processor that dies takes the rows it buffered (at most
+``flush_interval_s`` worth) with it: at-least-once up to that buffer, as a Collector's
+in-memory queue.
 """
 
 from __future__ import annotations
@@ -30,10 +32,13 @@ import dataclasses
 import functools
 import itertools
 import logging
+import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import psutil
+import pyarrow as pa
 import ray
 
 from ray_sched.errors import (
@@ -80,6 +85,15 @@ RETRY_AFTER_S = 1.0
 SUBMIT_BATCH_S = 0.002
 #: Memory use is sampled at most this often (psutil costs ~20 µs; requests come faster).
 MEMORY_CHECK_EVERY_S = 0.1
+
+def _add_counts(counts: list[dict]) -> dict:
+    """Sum per-table row counts (each stage reports its own)."""
+    total: dict[str, int] = {}
+    for one in counts:
+        for name, rows in (one or {}).items():
+            total[name] = total.get(name, 0) + rows
+    return total
+
 
 _ERRORS = {cls.__name__: cls for cls in
            (InvalidPayloadError, PayloadTooLargeError, UnsupportedMediaTypeError)}
@@ -168,59 +182,110 @@ class Decoder:
         return summary, decoded.columns
 
 
-class OtlpProcessor:
-    """The processing stage: one request's columns in, its rows handed to the exporter.
+def _new_totals() -> dict:
+    """Running aggregates per item table: span metrics, metric series, log counts."""
+    return {"spans": SpanMetrics(), "metrics": MetricSeries(), "logs": LogCounts()}
 
-    Each processor keeps its own running per-operation latency quantiles for the tail
-    sampler, learnt from the traffic it serves (the same distribution as its peers see).
+
+class OtlpProcessor:
+    """The processing stage: one request's columns in, its rows in Parquet.
+
+    Each processor writes its own part files (no second copy of the rows through another
+    actor: that hop cost more than the processing), keeps running aggregates of what it
+    processed and ships them to the :class:`Aggregator` every ``SHIP_EVERY_S``. Its tail
+    sampler learns per-operation latency quantiles from the traffic it serves (the same
+    distribution as its peers see). A timer thread writes rows that are due even when no
+    request comes. On a cluster, ``export_dir`` must be a path every node can write.
     """
 
-    def __init__(self, *, exporter, sample_probability: float = 0.1,
-                 slow_quantile: float = 0.95, max_depth: int = DEFAULT_MAX_DEPTH):
-        self.exporter = exporter
+    #: Aggregates go to the aggregator this often (one small call, not one per request).
+    SHIP_EVERY_S = 1.0
+
+    def __init__(self, *, export_dir: str, aggregator, sample_probability: float = 0.1,
+                 slow_quantile: float = 0.95, max_depth: int = DEFAULT_MAX_DEPTH,
+                 flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S):
+        self.aggregator = aggregator
         self.max_depth = max_depth
         self.sampler = TailSampler(probability=sample_probability, slow_quantile=slow_quantile)
+        self.sink = ParquetSink(export_dir, flush_interval_s=flush_interval_s)
+        self.totals = _new_totals()
+        self._shipped_at = time.monotonic()
+        self._shipments: list = []
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        threading.Thread(target=self._flush_loop, name="otlp-flush", daemon=True).start()
 
     def traces(self, columns: Columns) -> dict:
         assembled = assemble(columns, max_depth=self.max_depth)
         decided = self.sampler.decide(assembled)
         table = to_table(decided, SPAN_FIELDS, ASSEMBLY_FIELDS, SAMPLING_FIELDS)
-        ray.get(self.exporter.write.remote("spans", table, span_metrics_partial(columns)))
+        self._keep("spans", table, span_metrics_partial(columns))
         return {"spans": table.num_rows, "kept": int(decided["sampled"].sum())}
 
     def metrics(self, columns: Columns) -> dict:
         table = to_table(columns, METRIC_POINT_FIELDS)
-        ray.get(self.exporter.write.remote("metrics", table, metric_series_partial(columns)))
+        self._keep("metrics", table, metric_series_partial(columns))
         return {"points": table.num_rows}
 
     def logs(self, columns: Columns) -> dict:
         table = to_table(columns, LOG_FIELDS)
-        ray.get(self.exporter.write.remote("logs", table, log_counts_partial(columns)))
+        self._keep("logs", table, log_counts_partial(columns))
         return {"records": table.num_rows}
 
+    def _keep(self, table_name: str, table, partial: Columns) -> None:
+        with self._lock:
+            self.sink.write(table_name, table)
+            self.totals[table_name].merge(partial)
+        if time.monotonic() - self._shipped_at >= self.SHIP_EVERY_S:
+            self._ship()
 
-class Exporter:
-    """Parquet tables of every accepted item, plus the derived aggregates per window."""
+    def _ship(self) -> None:
+        with self._lock:
+            self._shipped_at = time.monotonic()
+            for table_name, totals in self.totals.items():
+                if len(totals):
+                    self._shipments.append(
+                        self.aggregator.merge.remote(table_name, totals.as_partial()))
+                    totals.reset()
+        if self._shipments:  # forget the ones already delivered
+            _, self._shipments = ray.wait(self._shipments, num_returns=len(self._shipments),
+                                          timeout=0)
+
+    def _flush_loop(self) -> None:
+        period = min(self.sink.flush_interval_s, 1.0) / 2
+        while not self._closed.wait(period):
+            with self._lock:
+                self.sink.flush_due()
+
+    def close(self) -> dict:
+        """Write every row held, deliver the aggregates; returns rows written per table."""
+        self._closed.set()
+        self._ship()
+        ray.get(self._shipments)
+        with self._lock:
+            return self.sink.flush()
+
+
+class Aggregator:
+    """The derived tables: running aggregates merged from every processor, written per
+    window of ``metrics_window_s`` to ``span_metrics/``, ``metric_series/``, ``log_counts/``."""
 
     #: The aggregate table fed by each item table's partials.
-    AGGREGATES = {"spans": "span_metrics", "metrics": "metric_series", "logs": "log_counts"}
+    TABLES = {"spans": "span_metrics", "metrics": "metric_series", "logs": "log_counts"}
 
     def __init__(self, export_dir: str, *, flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S,
                  metrics_window_s: float = 10.0):
         self.sink = ParquetSink(export_dir, flush_interval_s=flush_interval_s)
         self.metrics_window_s = metrics_window_s
-        self.totals = {"spans": SpanMetrics(), "metrics": MetricSeries(), "logs": LogCounts()}
+        self.totals = _new_totals()
         self.window_start_ns = time.time_ns()
 
-    def write(self, table_name: str, table, partial: Columns | None = None) -> int:
-        self.sink.write(table_name, table)
-        if partial is not None:
-            self.totals[table_name].merge(partial)
+    def merge(self, table_name: str, partial: Columns) -> None:
+        self.totals[table_name].merge(partial)
         self.tick()
-        return table.num_rows
 
     def tick(self) -> None:
-        """Flush buffers that are due, and close the aggregate window when it is over."""
+        """Write what is due, and close the window when it is over."""
         self.sink.flush_due()
         if time.time_ns() - self.window_start_ns >= self.metrics_window_s * 1e9:
             self.close_window()
@@ -236,7 +301,7 @@ class Exporter:
                     size = len(next(iter(rows.values())))
                     rows["window_start_ns"] = np.full(size, self.window_start_ns, np.int64)
                     rows["window_end_ns"] = np.full(size, end_ns, np.int64)
-                self.sink.write(self.AGGREGATES[table_name], _table_of(rows))
+                self.sink.write(self.TABLES[table_name], _table_of(rows))
                 totals.reset()
         self.window_start_ns = end_ns
 
@@ -247,7 +312,6 @@ class Exporter:
 
 
 def _table_of(columns: Columns):
-    import pyarrow as pa
     return pa.table({name: pa.array(values) for name, values in columns.items()})
 
 
@@ -259,26 +323,27 @@ class DecoderActor(Decoder):
 
 
 @ray.remote(num_cpus=0)
-class ExporterActor:
-    """The exporter as an async actor: writes arrive from every processor; a timer flushes."""
+class AggregatorActor:
+    """The aggregator as an async actor: partials arrive from every processor; a timer
+    closes windows and writes what is due."""
 
     def __init__(self, export_dir: str, flush_interval_s: float, metrics_window_s: float):
-        self.exporter = Exporter(export_dir, flush_interval_s=flush_interval_s,
-                                 metrics_window_s=metrics_window_s)
+        self.aggregator = Aggregator(export_dir, flush_interval_s=flush_interval_s,
+                                     metrics_window_s=metrics_window_s)
         self._timer: asyncio.Task | None = None
 
-    async def write(self, table_name: str, table, partial=None) -> int:
+    async def merge(self, table_name: str, partial: Columns) -> None:
         if self._timer is None:
             self._timer = asyncio.ensure_future(self._tick_loop())
-        return self.exporter.write(table_name, table, partial)
+        self.aggregator.merge(table_name, partial)
 
     async def _tick_loop(self) -> None:
         while True:
-            await asyncio.sleep(min(self.exporter.sink.flush_interval_s, 1.0) / 2)
-            self.exporter.tick()
+            await asyncio.sleep(min(self.aggregator.sink.flush_interval_s, 1.0) / 2)
+            self.aggregator.tick()
 
     async def close(self) -> dict:
-        return self.exporter.close()
+        return self.aggregator.close()
 
 
 # -- the front: admission, decoding, submission, tracking, drain
@@ -303,21 +368,23 @@ class OtlpPipeline:
         self._owns_ray = ensure_ray(config.slots, config.address)
         here = ray.get_runtime_context().get_node_id()
         pinned = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(here, soft=True)
-        # The exporter runs beside the receiver, so that the export dir is this machine's.
-        self.exporter = ExporterActor.options(scheduling_strategy=pinned).remote(
+        # The aggregator runs beside the receiver, with the decoders.
+        self.aggregator = AggregatorActor.options(scheduling_strategy=pinned).remote(
             str(config.export_dir), config.flush_interval_s, config.metrics_window_s)
         self.decoders = [DecoderActor.options(scheduling_strategy=pinned).remote()
                          for _ in range(config.decoders)]
         self._next_decoder = itertools.cycle(self.decoders)
         processor = functools.partial(
-            OtlpProcessor, exporter=self.exporter, sample_probability=config.sample_probability,
-            slow_quantile=config.slow_quantile, max_depth=config.max_depth)
+            OtlpProcessor, export_dir=str(Path(config.export_dir).resolve()),
+            aggregator=self.aggregator, sample_probability=config.sample_probability,
+            slow_quantile=config.slow_quantile, max_depth=config.max_depth,
+            flush_interval_s=config.flush_interval_s)
         self.scheduler = Scheduler(
             policy=config.policy, slots=config.slots, address=config.address,
             local_schedulers=config.local_schedulers, model_dir=config.model_dir,
             model=config.model, fresh=config.fresh, stages={STAGE: processor})
         ray.get([d.__ray_ready__.remote() for d in self.decoders] +
-                [self.exporter.__ray_ready__.remote()], timeout=120)
+                [self.aggregator.__ray_ready__.remote()], timeout=120)
         self.pending_requests = 0
         self.pending_bytes = 0
         self.closing = False
@@ -466,12 +533,14 @@ class OtlpPipeline:
             await asyncio.wait(set(self._tracked), timeout=max(0.0, deadline - time.monotonic()))
         if self._tracked:
             log.error("drain timed out with %d requests still processing", len(self._tracked))
-        return await self.exporter.close.remote()
+        loop = asyncio.get_running_loop()
+        written = _add_counts(await loop.run_in_executor(None, self.scheduler.close_stages))
+        return _add_counts([written, await self.aggregator.close.remote()])
 
     def close(self) -> None:
         """Stop the actors (after :meth:`drain`), and Ray when this pipeline started it."""
         self.scheduler.shutdown()
-        for actor in [self.exporter, *self.decoders]:
+        for actor in [self.aggregator, *self.decoders]:
             ray.kill(actor)
         if self._owns_ray:
             ray.shutdown()

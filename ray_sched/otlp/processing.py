@@ -500,6 +500,10 @@ class _RunningTotals:
         """A copy of the totals, one row per group."""
         return {name: values.copy() for name, values in self.totals_.items()}
 
+    def as_partial(self) -> Columns:
+        """A copy of the totals in the layout of a partial, for another instance to merge."""
+        return _RunningTotals.rows(self)
+
     def reset(self) -> None:
         """Forget every total."""
         self.totals_ = self.aggregation.empty()

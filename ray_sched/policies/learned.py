@@ -42,6 +42,9 @@ FALLBACK_RUNTIME_S = 0.5
 #: Local schedulers re-predict their waiting tasks this often (seconds): the learner has
 #: seen more completions since they were queued (5-10% of mean JCT in bursts, simulated).
 REFRESH_EVERY_S = 0.5
+#: ... but only the ones due to run first, at most this many: past them a refresh of a long
+#: queue (an overloaded receiver's) cost more CPU than its reordering could win back.
+REFRESH_MAX_TASKS = 256
 #: Cap on the fairness term, so one tenant's history cannot dominate every other term.
 FAIRNESS_CAP = 2.0
 
@@ -159,6 +162,15 @@ class ScoredQueue:
             now = float(self._arrays["enqueued"][: self._n].max())
         scores = self._scores(now)
         return self._tasks[int(np.argmin(scores))]
+
+    def head(self, k: int, now: float | None = None) -> list[Task]:
+        """The (up to) ``k`` tasks that would run first at time ``now``, in no order."""
+        if self._n <= k:
+            return self.queued()
+        if now is None:
+            now = float(self._arrays["enqueued"][: self._n].max())
+        rows = np.argpartition(self._scores(now), k)[:k]
+        return [self._tasks[int(row)] for row in rows]
 
     def pop(self, now: float | None = None) -> Task:
         head = self.peek(now)

@@ -19,7 +19,7 @@ from ray_sched.errors import ConfigError
 from ray_sched.learner import Learner
 from ray_sched.policies import resolve_policy
 from ray_sched.policies.global_core import GlobalCore
-from ray_sched.policies.learned import REFRESH_EVERY_S
+from ray_sched.policies.learned import REFRESH_EVERY_S, REFRESH_MAX_TASKS
 from ray_sched.policies.local import LocalCore
 from ray_sched.policies.placement import WorkerLoad
 from ray_sched.task import Completion, Task
@@ -144,7 +144,7 @@ def refresh_queue(queue, learner) -> None:
     """Re-predict the tasks waiting in a queue that orders by predictions."""
     if not hasattr(queue, "refresh") or len(queue) < 2:
         return
-    waiting = list(queue.queued())
+    waiting = queue.head(REFRESH_MAX_TASKS)  # as the LocalScheduler actor does
     predictions = learner.predict(waiting)
     queue.refresh([t.task_id for t in waiting], predictions.p50_s, predictions.p90_s,
                   predictions.mean_s)
