@@ -51,6 +51,8 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow,
 OTLP_DATA = SHARED / "data" / "otlp"
 START_TIMEOUT_S = 240
 MAX_BODY_BYTES = 2 * 1024 * 1024
+#: Deeper than the default max_depth (1000).
+DEEP_CHAIN = 1500
 
 
 class Server:
@@ -271,6 +273,17 @@ def test_garbage_protobuf_gets_400_and_the_server_keeps_serving(server):
     assert "ExportTraceServiceRequest" in status_of(response).message
 
 
+def test_garbage_over_grpc_is_invalid_argument(server):
+    import grpc
+    with grpc.insecure_channel(server.grpc) as channel:
+        export = channel.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+                                     request_serializer=None, response_deserializer=None)
+        with pytest.raises(grpc.RpcError) as error:
+            export(b"\xff\xfe\x00garbage" * 10, timeout=30)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "ExportTraceServiceRequest" in error.value.details()
+
+
 def test_truncated_protobuf_gets_400(server):
     body = (OTLP_DATA / "opentelemetry-proto" / "trace.protobuf-bin").read_bytes()
     assert post(server, "/v1/traces", body[:-7]).status_code == 400
@@ -313,6 +326,22 @@ def test_oversize_body_gets_413(server):
     assert post(server, "/v1/logs", b"\0" * (MAX_BODY_BYTES + 10)).status_code == 413
 
 
+def test_trace_deeper_than_max_depth_is_flagged_not_refused(server):
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+    request = ExportTraceServiceRequest()
+    resource_spans = request.resource_spans.add()
+    resource_spans.resource.attributes.add(key="service.name").value.string_value = "deep"
+    spans = resource_spans.scope_spans.add().spans
+    for i in range(DEEP_CHAIN):  # a chain: span i is the parent of span i + 1
+        spans.add(trace_id=b"\x01" * 16, span_id=(i + 1).to_bytes(8, "big"),
+                  parent_span_id=i.to_bytes(8, "big") if i else b"", name=f"level-{i}",
+                  start_time_unix_nano=1_000 + i, end_time_unix_nano=10_000_000 - i)
+    assert post(server, "/v1/traces", request.SerializeToString()).status_code == 200
+    server.sent["spans"]["deep"] = DEEP_CHAIN
+
+
 def test_sigterm_drains_and_every_item_sent_is_exported_exactly_once(server):
     # Still serving after every bad body above.
     assert post(server, "/v1/traces", b"").status_code == 200
@@ -327,6 +356,8 @@ def test_sigterm_drains_and_every_item_sent_is_exported_exactly_once(server):
     assert sdk["trace_depth"].max() == 3 and sdk.groupby("trace_id").size().eq(10).all()
     assert sdk.loc[sdk["trace_error"], "sampled"].all()  # error traces always kept
     assert (spans["service"] == "frontend").sum() == 13  # the HotROD trace's frontend spans
+    deep = spans[spans["service"] == "deep"]
+    assert deep["trace_depth_exceeded"].all() and deep["trace_depth"].max() == DEEP_CHAIN - 1
     metrics = pd.read_parquet(server.export_dir / "metrics")
     assert (metrics["service"] == "sdk-metrics").sum() == server.sent["points"]["sdk-metrics"]
     logs = pd.read_parquet(server.export_dir / "logs")
