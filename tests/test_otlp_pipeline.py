@@ -165,3 +165,17 @@ def test_content_type_check_ignores_parameters_and_case():
         "application/json"
     assert OtlpPipeline.check_content_type("application/x-protobuf") == \
         "application/x-protobuf"
+
+
+def test_serve_refuses_an_unset_token_variable_before_starting(capsys, monkeypatch):
+    from ray_sched.cli import main
+    monkeypatch.delenv("RAY_SCHED_TEST_TOKEN", raising=False)
+    code = main(["serve", "--export-dir", "x", "--auth-token-env", "RAY_SCHED_TEST_TOKEN"])
+    assert code == 2
+    assert "RAY_SCHED_TEST_TOKEN" in capsys.readouterr().err
+
+
+def test_serve_refuses_to_listen_on_nothing(capsys):
+    from ray_sched.cli import main
+    assert main(["serve", "--export-dir", "x", "--no-http", "--no-grpc"]) == 2
+    assert "nothing would listen" in capsys.readouterr().err
