@@ -150,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="share of ordinary traces kept by tail sampling (default 0.1)")
     serve.add_argument("--max-depth", type=_positive_int, default=None,
                        help="span-tree depth above which a trace is flagged (default 1000)")
+    serve.add_argument("--forward", default=None, metavar="URL",
+                       help="also send the traces tail sampling kept to this OTLP/HTTP "
+                            "traces URL (e.g. http://collector:4318/v1/traces)")
+    serve.add_argument("--forward-token-env", default=None, metavar="VAR",
+                       help="bearer token for --forward, read from this environment variable")
     _add_model_options(serve)
     serve.set_defaults(func=cmd_serve)
 
@@ -253,11 +258,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
                               f"variable is empty or not set")
     if args.no_http and args.no_grpc:
         raise ConfigError("--no-http and --no-grpc: nothing would listen")
+    forward_headers = None
+    if args.forward_token_env:
+        forward_token = os.environ.get(args.forward_token_env)
+        if not forward_token:
+            raise ConfigError(f"--forward-token-env {args.forward_token_env}: that environment "
+                              f"variable is empty or not set")
+        forward_headers = {"Authorization": f"Bearer {forward_token}"}
     options = {name: getattr(args, name) for name in (
         "max_body_bytes", "max_pending_requests", "sample_probability", "max_depth")
         if getattr(args, name) is not None}
     config = PipelineConfig(export_dir=args.export_dir, policy=args.policy, slots=args.slots,
                             address=args.address, local_schedulers=args.local_schedulers,
+                            forward_endpoint=args.forward, forward_headers=forward_headers,
                             **_model_options(args), **options)
     from ray_sched.actors.runtime import ensure_ray
 

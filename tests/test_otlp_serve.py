@@ -1,6 +1,7 @@
 """``ray-sched serve`` with real clients: the OpenTelemetry Python SDK's own OTLP/HTTP and
 OTLP/gRPC exporters, the real payloads in shared/data/otlp, and bad bodies; then SIGTERM,
-and every span, point and record sent must be in the export dir exactly once.
+and every span, point and record sent must be in the export dir exactly once, and every
+kept span forwarded once to the ``--forward`` endpoint.
 
 One server process for the module (a Ray start costs ~20 s on 2 cores); the tests add to
 what it was sent, and the last one stops it and counts the rows.
@@ -9,6 +10,7 @@ what it was sent, and the last one stops it and counts the rows.
 from __future__ import annotations
 
 import gzip
+import http.server
 import json
 import logging
 import queue
@@ -30,6 +32,7 @@ from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
     OTLPMetricExporter as HttpMetrics,
 )
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpans
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExportResult
 from opentelemetry.sdk.metrics import MeterProvider
@@ -55,10 +58,27 @@ MAX_BODY_BYTES = 2 * 1024 * 1024
 DEEP_CHAIN = 1500
 
 
+class Collector(http.server.BaseHTTPRequestHandler):
+    """Stands in for the endpoint kept traces are forwarded to."""
+
+    bodies: list[bytes] = []
+
+    def do_POST(self):
+        type(self).bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
 class Server:
     """A ``ray-sched serve`` subprocess on free ports, and what the tests sent it."""
 
     def __init__(self, export_dir: Path):
+        self.collector = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+        threading.Thread(target=self.collector.serve_forever, daemon=True).start()
+        forward_url = f"http://127.0.0.1:{self.collector.server_address[1]}/v1/traces"
         self.export_dir = export_dir
         self.lines: queue.Queue[str] = queue.Queue()
         self.output: list[str] = []
@@ -66,7 +86,7 @@ class Server:
         command = [sys.executable, "-m", "ray_sched.cli", "serve", "--export-dir",
                    str(export_dir), "--http-port", "0", "--grpc-port", "0", "--slots", "4",
                    "--model-dir", str(export_dir.parent / "models"), "--fresh",
-                   "--max-body-bytes", str(MAX_BODY_BYTES)]
+                   "--max-body-bytes", str(MAX_BODY_BYTES), "--forward", forward_url]
         self.process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True)
         threading.Thread(target=self._read, daemon=True).start()
@@ -113,6 +133,7 @@ def server(tmp_path_factory):
     yield server
     if server.process.poll() is None:
         server.process.kill()
+    server.collector.shutdown()
 
 
 class Counting:
@@ -327,9 +348,6 @@ def test_oversize_body_gets_413(server):
 
 
 def test_trace_deeper_than_max_depth_is_flagged_not_refused(server):
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-        ExportTraceServiceRequest,
-    )
     request = ExportTraceServiceRequest()
     resource_spans = request.resource_spans.add()
     resource_spans.resource.attributes.add(key="service.name").value.string_value = "deep"
@@ -368,3 +386,7 @@ def test_sigterm_drains_and_every_item_sent_is_exported_exactly_once(server):
                             & (span_metrics["operation"] == "GET /checkout")]
     assert checkout["calls"].sum() == 40
     assert len(pd.read_parquet(server.export_dir / "log_counts")) > 0
+    forwarded = [span.span_id.hex() for body in Collector.bodies
+                 for rs in ExportTraceServiceRequest.FromString(body).resource_spans
+                 for ss in rs.scope_spans for span in ss.spans]
+    assert sorted(forwarded) == sorted(spans.loc[spans["sampled"], "span_id"])

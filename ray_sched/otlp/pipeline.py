@@ -51,6 +51,7 @@ from ray_sched.errors import (
 )
 from ray_sched.otlp.decode import DEFAULT_MAX_BODY_BYTES, SIGNALS, decode_request, decompress
 from ray_sched.otlp.export import DEFAULT_FLUSH_INTERVAL_S, ParquetSink
+from ray_sched.otlp.forward import Forwarder
 from ray_sched.otlp.processing import (
     LogCounts,
     MetricSeries,
@@ -122,6 +123,8 @@ class PipelineConfig:
         flush_interval_s: the longest an accepted row waits before it is in a Parquet file.
         metrics_window_s: the window of the derived aggregates (span metrics and others).
         max_attempts: runs of a processing task before its batch is declared lost.
+        forward_endpoint: an OTLP/HTTP traces URL the kept traces are also sent to.
+        forward_headers: HTTP headers of those requests (e.g. authorization).
         model_dir, model, fresh: the learner's checkpoints, as for ``ray-sched replay``.
     """
 
@@ -141,6 +144,8 @@ class PipelineConfig:
     flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S
     metrics_window_s: float = 10.0
     max_attempts: int = 3
+    forward_endpoint: str | None = None
+    forward_headers: dict | None = None
     model_dir: str | None = "models"
     model: str | None = None
     fresh: bool = False
@@ -158,6 +163,10 @@ class PipelineConfig:
             check_range("flush_interval_s", self.flush_interval_s, 0, low_open=True)
             check_range("metrics_window_s", self.metrics_window_s, 0, low_open=True)
             check_range("max_attempts", self.max_attempts, 1)
+            if self.forward_endpoint is not None and not str(self.forward_endpoint).startswith(
+                    ("http://", "https://")):
+                raise ValueError(f"forward_endpoint must be an http(s) URL, got "
+                                 f"{self.forward_endpoint!r}")
         except ValueError as error:
             raise ConfigError(str(error)) from None
 
@@ -203,8 +212,11 @@ class OtlpProcessor:
 
     def __init__(self, *, export_dir: str, aggregator, sample_probability: float = 0.1,
                  slow_quantile: float = 0.95, max_depth: int = DEFAULT_MAX_DEPTH,
-                 flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S):
+                 flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S,
+                 forward_endpoint: str | None = None, forward_headers: dict | None = None):
         self.aggregator = aggregator
+        self.forwarder = (Forwarder(forward_endpoint, headers=forward_headers)
+                          if forward_endpoint else None)
         self.max_depth = max_depth
         self.sampler = TailSampler(probability=sample_probability, slow_quantile=slow_quantile)
         self.sink = ParquetSink(export_dir, flush_interval_s=flush_interval_s)
@@ -220,6 +232,8 @@ class OtlpProcessor:
         decided = self.sampler.decide(assembled)
         table = to_table(decided, SPAN_FIELDS, ASSEMBLY_FIELDS, SAMPLING_FIELDS)
         self._keep("spans", table, span_metrics_partial(columns))
+        if self.forwarder is not None:
+            self.forwarder.add(decided, decided["sampled"])
         return {"spans": table.num_rows, "kept": int(decided["sampled"].sum())}
 
     def metrics(self, columns: Columns) -> dict:
@@ -263,7 +277,12 @@ class OtlpProcessor:
         self._ship()
         ray.get(self._shipments)
         with self._lock:
-            return self.sink.flush()
+            written = self.sink.flush()
+        if self.forwarder is not None:
+            forwarded = self.forwarder.close()
+            written["forwarded_spans"] = forwarded["sent"]
+            written["forward_dropped_spans"] = forwarded["dropped"]
+        return written
 
 
 class Aggregator:
@@ -378,7 +397,8 @@ class OtlpPipeline:
             OtlpProcessor, export_dir=str(Path(config.export_dir).resolve()),
             aggregator=self.aggregator, sample_probability=config.sample_probability,
             slow_quantile=config.slow_quantile, max_depth=config.max_depth,
-            flush_interval_s=config.flush_interval_s)
+            flush_interval_s=config.flush_interval_s, forward_endpoint=config.forward_endpoint,
+            forward_headers=config.forward_headers)
         self.scheduler = Scheduler(
             policy=config.policy, slots=config.slots, address=config.address,
             local_schedulers=config.local_schedulers, model_dir=config.model_dir,
