@@ -179,3 +179,21 @@ def test_serve_refuses_to_listen_on_nothing(capsys):
     from ray_sched.cli import main
     assert main(["serve", "--export-dir", "x", "--no-http", "--no-grpc"]) == 2
     assert "nothing would listen" in capsys.readouterr().err
+
+
+def test_decoder_gives_the_task_features_of_its_payload_including_the_deepest_tree():
+    from ray_sched.otlp.pipeline import Decoder
+    body = trace_request(512, seed=9).SerializeToString()
+    summary, columns = Decoder().decode("traces", body, "application/x-protobuf", None, 1 << 22)
+    features = summary["features"]
+    assert features["items"] == 512 and features["traces"] == 512 // SPANS_PER_TRACE
+    assert features["deepest_tree"] == columns["trace_depth"].max() + 1 >= 3
+    assert features["signal"] == "traces" and features["body_bytes"] == len(body)
+    assert features["services"] > 1 and features["attributes"] > 512
+
+
+def test_decoder_answers_a_refusal_instead_of_raising():
+    from ray_sched.otlp.pipeline import Decoder
+    summary, columns = Decoder().decode("logs", b"\xff\x00junk", "application/x-protobuf",
+                                        None, 1 << 20)
+    assert columns is None and summary["error"] == "InvalidPayloadError"

@@ -6,13 +6,13 @@ Stages and where they run::
       │ admission: bounded pending requests and bytes, memory limit  → 429 / 503
       ▼
     Decoder actors (a small pool)       decompress + decode + validate → 200 / 400 / 413 / 415
-      │ columns stay in Ray's object store; the receiver answers the client here
+      │ + span-tree assembly; columns stay in Ray's object store; the client is answered
       ▼
     Scheduler task, kind "otlp.<signal>", features from the payload
       │ GlobalScheduler asks the Learner for its processing time, places it
       ▼
     OtlpProcessor (stage actors, one per slot of each LocalScheduler)
-      │ span-tree assembly → tail sampling → Parquet part files (spans/, metrics/, logs/)
+      │ tail sampling → Parquet part files (spans/, metrics/, logs/), forwarding
       ▼ running aggregates, shipped every second
     Aggregator actor                    span_metrics/, metric_series/, log_counts/ per window
 
@@ -175,7 +175,16 @@ class PipelineConfig:
 
 
 class Decoder:
-    """Decompress, decode and validate one request body."""
+    """Decompress, decode and validate one request body; for traces, assemble the span
+    trees too (the deepest tree and the trace count are features of the processing task,
+    so they must be known before it is scheduled).
+
+    Args:
+        max_depth: span trees deeper than this are flagged.
+    """
+
+    def __init__(self, max_depth: int = DEFAULT_MAX_DEPTH):
+        self.max_depth = max_depth
 
     def decode(self, signal: str, body: bytes, content_type: str, content_encoding: str | None,
                max_body_bytes: int) -> tuple[dict, Columns | None]:
@@ -185,10 +194,17 @@ class Decoder:
             decoded = decode_request(signal, raw, content_type)
         except OtlpError as error:
             return {"error": type(error).__name__, "message": str(error)}, None
+        features = decoded.features()
+        columns = decoded.columns
+        if signal == "traces":
+            columns = assemble(columns, max_depth=self.max_depth)
+            depth = columns["trace_depth"]
+            features["deepest_tree"] = int(depth.max()) + 1 if len(depth) else 0
+            features["traces"] = len(np.unique(columns["trace_id"]))
         summary = {"accepted": decoded.accepted, "rejected": decoded.rejected,
                    "message": decoded.partial_success_message(),
-                   "features": decoded.features(), "body_bytes": decoded.body_bytes}
-        return summary, decoded.columns
+                   "features": features, "body_bytes": decoded.body_bytes}
+        return summary, columns
 
 
 def _new_totals() -> dict:
@@ -228,7 +244,9 @@ class OtlpProcessor:
         threading.Thread(target=self._flush_loop, name="otlp-flush", daemon=True).start()
 
     def traces(self, columns: Columns) -> dict:
-        assembled = assemble(columns, max_depth=self.max_depth)
+        """Sample and keep one request's spans (assembled by the decoder, or here)."""
+        assembled = (columns if "trace_depth" in columns
+                     else assemble(columns, max_depth=self.max_depth))
         decided = self.sampler.decide(assembled)
         table = to_table(decided, SPAN_FIELDS, ASSEMBLY_FIELDS, SAMPLING_FIELDS)
         self._keep("spans", table, span_metrics_partial(columns))
@@ -390,8 +408,8 @@ class OtlpPipeline:
         # The aggregator runs beside the receiver, with the decoders.
         self.aggregator = AggregatorActor.options(scheduling_strategy=pinned).remote(
             str(config.export_dir), config.flush_interval_s, config.metrics_window_s)
-        self.decoders = [DecoderActor.options(scheduling_strategy=pinned).remote()
-                         for _ in range(config.decoders)]
+        self.decoders = [DecoderActor.options(scheduling_strategy=pinned).remote(
+            config.max_depth) for _ in range(config.decoders)]
         self._next_decoder = itertools.cycle(self.decoders)
         processor = functools.partial(
             OtlpProcessor, export_dir=str(Path(config.export_dir).resolve()),
