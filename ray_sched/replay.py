@@ -22,13 +22,12 @@ from ray_sched.engines import Engine, SchedulerEngine
 from ray_sched.errors import ConfigError
 from ray_sched.policies import BASELINES, resolve_policy
 from ray_sched.progress import Progress
+from ray_sched.sim.engine import ARRIVAL_BATCH_WINDOW_S
 from ray_sched.task import Completion, Task
 from ray_sched.trace import frame_to_tasks, read_trace, validate_frame
 
 log = logging.getLogger(__name__)
 
-#: Tasks due within this many seconds of now are submitted together in one batch.
-ARRIVAL_BATCH_WINDOW_S = 0.001
 #: The arrival loop never waits longer than this between checks (progress, completions).
 MAX_WAIT_S = 0.05
 

@@ -66,7 +66,8 @@ def loaded_mixed() -> dict[str, tuple[list[Task], dict[str, Completion]]]:
 def test_fifo_on_one_slot_gives_the_hand_computed_times():
     tasks = [Task("a", arrival_s=0.0, runtime_s=2.0), Task("b", arrival_s=1.0, runtime_s=1.0),
              Task("c", arrival_s=1.5, runtime_s=0.5)]
-    completions, learner = simulate(tasks, policy="fifo", slots=1, launch_overhead_s=0.0)
+    completions, learner = simulate(tasks, policy="fifo", slots=1, launch_overhead_s=0.0,
+                                    arrival_batch_s=0.0)
     times = {k: (c.start_wall, c.finish_wall) for k, c in completions.items()}
     assert times == {"a": (0.0, 2.0), "b": (2.0, 3.0), "c": (3.0, 3.5)}
     assert learner is None
@@ -75,7 +76,8 @@ def test_fifo_on_one_slot_gives_the_hand_computed_times():
 def test_the_launch_overhead_delays_each_start():
     tasks = [Task("a", arrival_s=0.0, runtime_s=2.0), Task("b", arrival_s=1.0, runtime_s=1.0),
              Task("c", arrival_s=1.5, runtime_s=0.5)]
-    completions, _ = simulate(tasks, policy="fifo", slots=1, launch_overhead_s=0.1)
+    completions, _ = simulate(tasks, policy="fifo", slots=1, launch_overhead_s=0.1,
+                              arrival_batch_s=0.0)
     times = [(c.start_wall, c.finish_wall) for c in (completions[k] for k in "abc")]
     assert times == [pytest.approx((0.1, 2.1)), pytest.approx((2.2, 3.2)),
                      pytest.approx((3.3, 3.8))]
@@ -83,8 +85,18 @@ def test_the_launch_overhead_delays_each_start():
 
 def test_idle_slots_start_a_task_at_its_arrival():
     tasks = [Task("a", arrival_s=0.0, runtime_s=1.0), Task("b", arrival_s=0.5, runtime_s=1.0)]
-    completions, _ = simulate(tasks, policy="fifo", slots=2, launch_overhead_s=0.0)
+    completions, _ = simulate(tasks, policy="fifo", slots=2, launch_overhead_s=0.0,
+                              arrival_batch_s=0.0)
     assert completions["b"].start_wall == 0.5
+
+
+def test_arrivals_batched_in_ticks_wait_at_most_the_tick():
+    tasks = [Task("a", arrival_s=0.0, runtime_s=1.0), Task("b", arrival_s=0.0004, runtime_s=1.0),
+             Task("c", arrival_s=0.5, runtime_s=1.0)]
+    completions, _ = simulate(tasks, policy="fifo", slots=3, launch_overhead_s=0.0,
+                              arrival_batch_s=0.001)
+    assert completions["a"].start_wall == completions["b"].start_wall == pytest.approx(0.001)
+    assert completions["c"].start_wall == pytest.approx(0.501)
 
 
 def test_fifo_on_one_slot_follows_the_queueing_recurrence():
@@ -94,7 +106,8 @@ def test_fifo_on_one_slot_follows_the_queueing_recurrence():
     service = rng.lognormal(np.log(0.4), 0.8, 200)
     tasks = [Task(f"t{i:03d}", arrival_s=float(a), runtime_s=float(r))
              for i, (a, r) in enumerate(zip(arrivals, service))]
-    completions, _ = simulate(tasks, policy="fifo", slots=1, launch_overhead_s=0.0)
+    completions, _ = simulate(tasks, policy="fifo", slots=1, launch_overhead_s=0.0,
+                              arrival_batch_s=0.0)
     finish = 0.0
     for task in tasks:
         start = max(task.arrival_s, finish)

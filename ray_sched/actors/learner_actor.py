@@ -12,17 +12,10 @@ import numpy as np
 import ray
 
 from ray_sched.learner import Learner, Predictions, latest_checkpoint
-from ray_sched.learner.learner import DEFAULT_CHECKPOINT_EVERY
+from ray_sched.learner.learner import DEFAULT_CHECKPOINT_EVERY, ObservationBuffer
 from ray_sched.task import Task
 
 log = logging.getLogger(__name__)
-
-#: Completions are learnt in mini-batches of at least this many tasks ...
-MIN_OBSERVE_BATCH = 16
-#: ... or once the oldest waiting one is this old: one partial_fit costs ~1-3 ms whatever
-#: its size, which at hundreds of small completion batches a second (an OTLP receiver)
-#: took a third of a core; 0.1 s of delay costs the predictions nothing measurable.
-MAX_OBSERVE_DELAY_S = 0.1
 
 
 @ray.remote(num_cpus=0, max_restarts=-1)
@@ -43,9 +36,7 @@ class LearnerActor:
         self.loaded_from = str(source) if source is not None else None
         self._since_checkpoint = 0
         self.last_checkpoint: str | None = None
-        self._waiting_tasks: list[Task] = []
-        self._waiting_runtimes: list[float] = []
-        self._waiting_since = 0.0
+        self._waiting = ObservationBuffer(self.learner, time.monotonic)
 
     def info(self) -> dict:
         self._learn_waiting()
@@ -53,31 +44,24 @@ class LearnerActor:
                 "last_checkpoint": self.last_checkpoint}
 
     def predict(self, tasks: list[Task]) -> Predictions:
-        if self._waiting_tasks and time.monotonic() - self._waiting_since >= MAX_OBSERVE_DELAY_S:
-            self._learn_waiting()
+        self._learnt(self._waiting.flush_if_stale())
         return self.learner.predict(tasks)
 
     def observe(self, tasks: list[Task], measured_runtime_s: list[float]) -> None:
-        if not self._waiting_tasks:
-            self._waiting_since = time.monotonic()
-        self._waiting_tasks.extend(tasks)
-        self._waiting_runtimes.extend(measured_runtime_s)
-        if (len(self._waiting_tasks) >= MIN_OBSERVE_BATCH
-                or time.monotonic() - self._waiting_since >= MAX_OBSERVE_DELAY_S):
-            self._learn_waiting()
+        """Completions, learnt in mini-batches (:class:`ObservationBuffer`)."""
+        self._learnt(self._waiting.add(tasks, measured_runtime_s))
 
     def _learn_waiting(self) -> None:
-        if not self._waiting_tasks:
-            return
-        tasks, runtimes = self._waiting_tasks, self._waiting_runtimes
-        self._waiting_tasks, self._waiting_runtimes = [], []
-        self.learner.observe(tasks, np.asarray(runtimes, dtype=np.float64))
-        self._since_checkpoint += len(tasks)
-        if self.model_dir is not None and self._since_checkpoint >= self.checkpoint_every:
+        self._learnt(self._waiting.flush())
+
+    def _learnt(self, count: int) -> None:
+        self._since_checkpoint += count
+        if (count and self.model_dir is not None
+                and self._since_checkpoint >= self.checkpoint_every):
             self.checkpoint()
 
     def checkpoint(self) -> str | None:
-        self._learn_waiting()
+        self._since_checkpoint += self._waiting.flush()  # into this checkpoint, not another
         if self.model_dir is None:
             return None
         self.last_checkpoint = str(self.learner.save(self.model_dir))

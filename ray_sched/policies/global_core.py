@@ -11,7 +11,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from ray_sched.policies.placement import PlacementPolicy, WorkerLoad
+from ray_sched.policies.placement import LoadTable, PlacementPolicy, WorkerLoad
 from ray_sched.task import Completion, Task
 
 #: Decisions kept for ``story()``; enough for a long replay, bounded for a service.
@@ -58,7 +58,7 @@ class GlobalCore:
         if not workers:
             raise ValueError("a global scheduler needs at least one local scheduler")
         self.placement = placement
-        self.workers = workers
+        self.loads = LoadTable(workers)
         self.clock = clock
         self.ledger: dict[str, LedgerEntry] = {}
         self.finished: dict[str, bool] = {}       # task_id -> ok
@@ -96,14 +96,11 @@ class GlobalCore:
 
     def _place(self, entry: LedgerEntry, now: float) -> tuple[int, Task]:
         task = entry.task
-        index, reason = self.placement.choose(task, self.workers)
-        worker = self.workers[index]
-        worker.outstanding_cpu += task.cpu
-        worker.outstanding_tasks += 1
-        worker.true_backlog_s += (task.runtime_s or 0.0) * task.cpu
-        worker.predicted_backlog_s += _predicted_work(task)
+        index, reason = self.placement.choose(task, self.loads)
+        self.loads.add(index, task.cpu, (task.runtime_s or 0.0) * task.cpu, _predicted_work(task))
         entry.state, entry.worker, entry.placed_wall = "placed", index, now
-        self._log(now, task.task_id, "placed", worker.name, reason, task.predicted_runtime_s)
+        self._log(now, task.task_id, "placed", self.loads.names[index], reason,
+                  task.predicted_runtime_s)
         return index, task
 
     # -- completion ------------------------------------------------------------------------
@@ -143,16 +140,14 @@ class GlobalCore:
         return recorded, placements
 
     def _release_load(self, entry: LedgerEntry) -> None:
-        worker = self.workers[entry.worker]
         task = entry.task
-        worker.outstanding_tasks = max(0, worker.outstanding_tasks - 1)
-        if worker.outstanding_tasks == 0:  # no float residue on an idle scheduler
-            worker.outstanding_cpu = worker.true_backlog_s = worker.predicted_backlog_s = 0.0
-            return
-        worker.outstanding_cpu = max(0.0, worker.outstanding_cpu - task.cpu)
-        worker.true_backlog_s = max(0.0, worker.true_backlog_s - (task.runtime_s or 0.0) * task.cpu)
-        worker.predicted_backlog_s = max(
-            0.0, worker.predicted_backlog_s - _predicted_work(task))
+        self.loads.release(entry.worker, task.cpu, (task.runtime_s or 0.0) * task.cpu,
+                           _predicted_work(task))
+
+    @property
+    def workers(self) -> list[WorkerLoad]:
+        """A snapshot of every local scheduler's load (index = worker id)."""
+        return list(self.loads)
 
     def _release_children(self, parent_id: str, now: float) -> list[tuple[int, Task]]:
         placements = []

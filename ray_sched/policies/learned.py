@@ -275,8 +275,8 @@ class ExpectedCompletion(PlacementPolicy):
 
     def _pick(self, task, loads, options):
         runtime = task.predicted_mean_s or task.predicted_runtime_s or FALLBACK_RUNTIME_S
-        index = self._least(loads, options,
-                            lambda w: w.predicted_backlog_s / w.slots + runtime)
-        backlog = loads[index].predicted_backlog_s
-        expected = backlog / loads[index].slots + runtime
+        index = self._least(options, loads.predicted_backlog_s[options]
+                            / loads.slots[options] + runtime)
+        backlog = float(loads.predicted_backlog_s[index])
+        expected = backlog / loads.slots[index] + runtime
         return index, f"expected completion {expected:.3f} s (backlog {backlog:.3f} s)"

@@ -12,6 +12,8 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from ray_sched.task import Task
 
 
@@ -41,16 +43,102 @@ class WorkerLoad:
         return self.outstanding_cpu / self.slots
 
 
-def candidates(task: Task, loads: Sequence[WorkerLoad]) -> list[int]:
+class LoadTable:
+    """The loads of every local scheduler as numpy columns, so that a placement reads whole
+    columns instead of looping over thousands of records in Python.
+
+    Indexing (``table[i]``) gives a :class:`WorkerLoad` snapshot of one row.
+
+    Args:
+        workers: one record per local scheduler (index = worker id).
+    """
+
+    COLUMNS = ("slots", "outstanding_cpu", "outstanding_tasks", "true_backlog_s",
+               "predicted_backlog_s")
+
+    def __init__(self, workers: Sequence[WorkerLoad]):
+        self.names = [w.name for w in workers]
+        self.regions = [w.region for w in workers]
+        self.nodes = [w.node for w in workers]
+        self.slots = np.array([w.slots for w in workers], dtype=np.float64)
+        self.outstanding_cpu = np.array([w.outstanding_cpu for w in workers], dtype=np.float64)
+        self.outstanding_tasks = np.array([w.outstanding_tasks for w in workers], dtype=np.int64)
+        self.true_backlog_s = np.array([w.true_backlog_s for w in workers], dtype=np.float64)
+        self.predicted_backlog_s = np.array([w.predicted_backlog_s for w in workers],
+                                            dtype=np.float64)
+        self.alive = np.array([w.alive for w in workers], dtype=bool)
+        self._candidates: dict[str | None, np.ndarray] = {}
+
+    @classmethod
+    def of(cls, loads: LoadTable | Sequence[WorkerLoad]) -> LoadTable:
+        return loads if isinstance(loads, LoadTable) else cls(loads)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, index: int) -> WorkerLoad:
+        i = int(index)
+        return WorkerLoad(name=self.names[i], slots=float(self.slots[i]),
+                          region=self.regions[i], node=self.nodes[i],
+                          outstanding_cpu=float(self.outstanding_cpu[i]),
+                          outstanding_tasks=int(self.outstanding_tasks[i]),
+                          true_backlog_s=float(self.true_backlog_s[i]),
+                          predicted_backlog_s=float(self.predicted_backlog_s[i]),
+                          alive=bool(self.alive[i]))
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def load(self, options: np.ndarray) -> np.ndarray:
+        """Outstanding slot demand per slot of ``options``."""
+        return self.outstanding_cpu[options] / self.slots[options]
+
+    def set_alive(self, index: int, alive: bool) -> None:
+        self.alive[index] = alive
+        self._candidates.clear()
+
+    def candidates(self, region: str | None) -> np.ndarray:
+        """Indices of live local schedulers in ``region``, or of all live ones (cached until
+        a scheduler's liveness changes)."""
+        cached = self._candidates.get(region)
+        if cached is None:
+            alive = np.flatnonzero(self.alive)
+            if not len(alive):
+                raise RuntimeError("no live local scheduler to place on")
+            cached = alive
+            if region is not None:
+                local = np.array([i for i in alive.tolist() if self.regions[i] == region],
+                                 dtype=np.int64)
+                if len(local):
+                    cached = local
+            self._candidates[region] = cached
+        return cached
+
+    def add(self, index: int, cpu: float, true_work_s: float, predicted_work_s: float) -> None:
+        """A task placed on ``index``: its slots and work count there until it completes."""
+        self.outstanding_cpu[index] += cpu
+        self.outstanding_tasks[index] += 1
+        self.true_backlog_s[index] += true_work_s
+        self.predicted_backlog_s[index] += predicted_work_s
+
+    def release(self, index: int, cpu: float, true_work_s: float,
+                predicted_work_s: float) -> None:
+        """A task of ``index`` completed (clipped at zero; exactly zero once idle)."""
+        tasks = max(0, int(self.outstanding_tasks[index]) - 1)
+        self.outstanding_tasks[index] = tasks
+        if tasks == 0:  # no float residue on an idle scheduler
+            self.outstanding_cpu[index] = self.true_backlog_s[index] = 0.0
+            self.predicted_backlog_s[index] = 0.0
+            return
+        self.outstanding_cpu[index] = max(0.0, self.outstanding_cpu[index] - cpu)
+        self.true_backlog_s[index] = max(0.0, self.true_backlog_s[index] - true_work_s)
+        self.predicted_backlog_s[index] = max(0.0, self.predicted_backlog_s[index]
+                                              - predicted_work_s)
+
+
+def candidates(task: Task, loads: LoadTable | Sequence[WorkerLoad]) -> list[int]:
     """Indices of live local schedulers in the task's region, or of all live ones."""
-    alive = [i for i, w in enumerate(loads) if w.alive]
-    if not alive:
-        raise RuntimeError("no live local scheduler to place on")
-    if task.region is not None:
-        local = [i for i in alive if loads[i].region == task.region]
-        if local:
-            return local
-    return alive
+    return LoadTable.of(loads).candidates(task.region).tolist()
 
 
 class PlacementPolicy:
@@ -63,22 +151,23 @@ class PlacementPolicy:
     def __init__(self, *, seed: int | None = 0):
         self._rng = random.Random(seed)
 
-    def choose(self, task: Task, loads: Sequence[WorkerLoad]) -> tuple[int, str]:
+    def choose(self, task: Task, loads: LoadTable | Sequence[WorkerLoad]) -> tuple[int, str]:
         """Returns (index into ``loads``, a short reason for the decision log)."""
-        options = candidates(task, loads)
+        table = LoadTable.of(loads)
+        options = table.candidates(task.region)
         if len(options) == 1:
-            return options[0], "only candidate"
-        return self._pick(task, loads, options)
+            return int(options[0]), "only candidate"
+        index, reason = self._pick(task, table, options)
+        return int(index), reason
 
-    def _pick(self, task: Task, loads: Sequence[WorkerLoad],
-              options: list[int]) -> tuple[int, str]:
+    def _pick(self, task: Task, loads: LoadTable, options: np.ndarray) -> tuple[int, str]:
         raise NotImplementedError
 
-    def _least(self, loads: Sequence[WorkerLoad], options: list[int], measure) -> int:
-        # Random tie-break so equal loads do not all pile on the first scheduler.
-        best = min(measure(loads[i]) for i in options)
-        tied = [i for i in options if measure(loads[i]) == best]
-        return tied[0] if len(tied) == 1 else self._rng.choice(tied)
+    def _least(self, options: np.ndarray, values: np.ndarray) -> int:
+        """The option of least value; ties broken at random so that equal loads do not all
+        pile on the first scheduler."""
+        tied = options[values == values.min()]
+        return int(tied[0]) if len(tied) == 1 else self._rng.choice(tied.tolist())
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -94,7 +183,7 @@ class RoundRobin(PlacementPolicy):
         self._turns: dict[tuple[int, ...], int] = {}  # one turn per candidate set (region)
 
     def _pick(self, task, loads, options):
-        key = tuple(options)
+        key = options.tobytes()
         turn = self._turns.get(key, -1) + 1
         self._turns[key] = turn
         return options[turn % len(options)], "round-robin turn"
@@ -106,8 +195,8 @@ class LeastLoaded(PlacementPolicy):
     name = "least-loaded"
 
     def _pick(self, task, loads, options):
-        index = self._least(loads, options, lambda w: w.load)
-        return index, f"least loaded ({loads[index].load:.2f} per slot)"
+        index = self._least(options, loads.load(options))
+        return index, f"least loaded ({loads.load(index):.2f} per slot)"
 
 
 class PowerOfTwo(PlacementPolicy):
@@ -116,9 +205,10 @@ class PowerOfTwo(PlacementPolicy):
     name = "power-of-two"
 
     def _pick(self, task, loads, options):
-        a, b = self._rng.sample(options, 2)
-        index = a if loads[a].load <= loads[b].load else b
-        return index, f"power-of-two between {loads[a].name} and {loads[b].name}"
+        i, j = self._rng.sample(range(len(options)), 2)
+        a, b = int(options[i]), int(options[j])
+        index = a if loads.load(a) <= loads.load(b) else b
+        return index, f"power-of-two between {loads.names[a]} and {loads.names[b]}"
 
 
 class LeastWork(PlacementPolicy):
@@ -128,8 +218,8 @@ class LeastWork(PlacementPolicy):
     clairvoyant = True
 
     def _pick(self, task, loads, options):
-        index = self._least(loads, options, lambda w: w.true_backlog_s / w.slots)
-        return index, f"least true backlog ({loads[index].true_backlog_s:.3f} s)"
+        index = self._least(options, loads.true_backlog_s[options] / loads.slots[options])
+        return index, f"least true backlog ({loads.true_backlog_s[index]:.3f} s)"
 
 
 PLACEMENTS: dict[str, type[PlacementPolicy]] = {
