@@ -115,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--time-scale", type=_positive_float, default=1.0)
     simulate.add_argument("--local-schedulers", type=_positive_int, default=None)
     simulate.add_argument("--csv", action="store_true")
+    simulate.add_argument("--launch-overhead-ms", type=float, default=None,
+                          help="per-task launch overhead (default 7, measured on Ray here)")
+    simulate.add_argument("--network-delay-ms", type=float, default=0.0,
+                          help="global <-> local scheduler delay each way (default 0)")
+    simulate.add_argument("--node-loss", action="append", default=[], metavar="TIME_S:NODE",
+                          help="lose node NODE (0-based) at TIME_S; repeatable")
     simulate.set_defaults(func=cmd_simulate)
 
     serve = commands.add_parser(
@@ -164,6 +170,56 @@ def build_parser() -> argparse.ArgumentParser:
     show = model_commands.add_parser("show", help="print what a checkpoint holds")
     show.add_argument("path", help="a checkpoint .json file, or a directory (its latest)")
     show.set_defaults(func=cmd_model_show)
+
+    bench = commands.add_parser(
+        "bench", help="run the benchmark suite: scenarios x policies x loads",
+        description="Replays every scenario at every load under every policy (one trace per "
+                    "scenario and load, all its policies one after another on one embedded "
+                    "Ray) and writes OUT/summary.csv and OUT/report.md. Progress on stderr.")
+    bench.add_argument("--suite", default="quick",
+                       help="quick (every scenario and policy, loads 0.5 and 0.85, 150 tasks: "
+                            "about 10 min on 2 cores) or standard (all four loads, 1,000 "
+                            "tasks: about an hour); default quick")
+    bench.add_argument("--out", default=None,
+                       help="output folder (default benchmarks/results/<date>/bench-<suite>/)")
+    bench.add_argument("--scenarios", default=None,
+                       help="comma-separated scenarios instead of the suite's (mixed, bursty, "
+                            "drift, tree, nasa, wfinstances)")
+    bench.add_argument("--policies", default=None,
+                       help="comma-separated policies instead of the suite's")
+    bench.add_argument("--loads", default=None,
+                       help="comma-separated offered loads instead of the suite's")
+    bench.set_defaults(func=cmd_bench)
+
+    tune = commands.add_parser("tune", help="tune policy and controller parameters")
+    tune_commands = tune.add_subparsers(dest="tune_command", metavar="ACTION")
+    tune_commands.required = True
+    sensitivity = tune_commands.add_parser(
+        "sensitivity", help="sweep one parameter on the simulator",
+        description="Simulates one trace once per value of a parameter (same trace, same "
+                    "seed; the trace is regenerated only when sweeping load) and reports "
+                    "each metric's change relative to the first value: printed, and "
+                    "written to OUT/sensitivity.csv and OUT/sensitivity.md.")
+    sensitivity.add_argument("--param", required=True,
+                             help="launch_overhead_s, load, slots, or a weight of the learned "
+                                  "ordering: PRIORITY_WEIGHT, DEADLINE_WEIGHT, AGE_WEIGHT, "
+                                  "FAIRNESS_WEIGHT, DEADLINE_MARGIN")
+    sensitivity.add_argument("--values", required=True,
+                             help="comma-separated values; the first is the reference")
+    sensitivity.add_argument("--scenario", default="mixed",
+                             help="mixed, bursty, drift, tree, nasa or wfinstances "
+                                  "(default mixed)")
+    sensitivity.add_argument("--policy", default="ml", help="policy simulated (default ml)")
+    sensitivity.add_argument("--n", type=_positive_int, default=2000,
+                             help="tasks in the trace (default 2000)")
+    sensitivity.add_argument("--slots", type=_positive_int, default=64, help="default 64")
+    sensitivity.add_argument("--nodes", type=_positive_int, default=4, help="default 4")
+    sensitivity.add_argument("--load", type=_positive_float, default=0.85,
+                             help="offered load of the trace on --slots (default 0.85)")
+    sensitivity.add_argument("--seed", type=int, default=1, help="default 1")
+    sensitivity.add_argument("--out", default=None,
+                             help="output folder (default runs/tune/sensitivity-<param>/)")
+    sensitivity.set_defaults(func=cmd_tune_sensitivity)
 
     try:
         from ray_sched.workloads.cli import register
@@ -235,11 +291,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    from ray_sched.errors import ConfigError
     from ray_sched.replay import simulate_trace
 
+    losses = []
+    for text in args.node_loss:
+        try:
+            when, node = text.split(":")
+            losses.append((float(when), int(node)))
+        except ValueError:
+            raise ConfigError(f"--node-loss {text!r}: expected TIME_S:NODE, e.g. 5.0:1") from None
+    overhead = None if args.launch_overhead_ms is None else args.launch_overhead_ms / 1000.0
     result = simulate_trace(args.trace, policy=args.policy, slots=args.slots, out=args.out,
                             nodes=args.nodes, time_scale=args.time_scale, seed=args.seed,
-                            local_schedulers=args.local_schedulers, csv=args.csv)
+                            local_schedulers=args.local_schedulers, csv=args.csv,
+                            launch_overhead_s=overhead,
+                            network_delay_s=args.network_delay_ms / 1000.0, node_loss=losses)
     return _report(result, args.out, "simulate")
 
 
@@ -289,6 +356,34 @@ def cmd_model_show(args: argparse.Namespace) -> int:
     from ray_sched.learner import describe_checkpoint
 
     print(describe_checkpoint(args.path))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from ray_sched import bench
+
+    suite = bench.customize(bench.get_suite(args.suite),
+                            scenarios=bench.parse_names(args.scenarios),
+                            policies=bench.parse_names(args.policies),
+                            loads=bench.parse_loads(args.loads))
+    frame = bench.run_suite(suite, args.out)
+    failed = int(frame["n_failed"].fillna(0).sum())
+    if failed:
+        print(f"ray-sched bench: {failed} task(s) did not finish ok (see report.md)",
+              file=sys.stderr)
+        return 4
+    return 0
+
+
+def cmd_tune_sensitivity(args: argparse.Namespace) -> int:
+    from ray_sched import bench
+
+    out = args.out or str(Path("runs") / "tune" / f"sensitivity-{args.param}")
+    table = bench.sensitivity(args.param, args.values, scenario=args.scenario,
+                              policy=args.policy, n=args.n, slots=args.slots, nodes=args.nodes,
+                              load=args.load, seed=args.seed, out=out)
+    print(bench.sensitivity_table(table))
+    print(f"written: {Path(out) / 'sensitivity.csv'}, {Path(out) / 'sensitivity.md'}")
     return 0
 
 

@@ -281,8 +281,11 @@ def compare(trace, policies: list[str], *, slots: int, out: str | Path,
 def simulate_trace(trace, *, policy: str, slots: int, out: str | Path | None = None,
                    nodes: int = 1, time_scale: float = 1.0, seed: int | None = 0,
                    local_schedulers: int | None = None, csv: bool = False,
-                   launch_overhead_s: float | None = None) -> ReplayResult:
+                   launch_overhead_s: float | None = None, network_delay_s: float = 0.0,
+                   node_loss: list[tuple[float, int]] | None = None) -> ReplayResult:
     """Like :func:`replay`, on the simulator's virtual clock instead of Ray (same files).
+    ``launch_overhead_s``, ``network_delay_s`` and ``node_loss`` are those of
+    :func:`ray_sched.sim.engine.simulate`.
 
     Raises:
         ConfigError: a baseline policy (``ray-default`` and ``dask`` exist only for real).
@@ -297,14 +300,17 @@ def simulate_trace(trace, *, policy: str, slots: int, out: str | Path | None = N
     resolve_policy(policy)
     _frame, tasks = load_tasks(trace, time_scale)
     regions = sorted({t.region for t in tasks if t.region is not None}) or None
+    stats: dict = {}
     completions, learner = simulate(
         tasks, policy=policy, slots=slots, nodes=nodes, local_schedulers=local_schedulers,
         regions=regions if local_schedulers else None, seed=seed,
         launch_overhead_s=DEFAULT_LAUNCH_OVERHEAD_S if launch_overhead_s is None
-        else launch_overhead_s)
+        else launch_overhead_s, network_delay_s=network_delay_s, node_loss=node_loss,
+        stats=stats)
     results = results_frame(tasks, completions, 0.0, policy)
     extras = {"time_scale": time_scale, "seed": seed, "engine": "simulator", "nodes": nodes,
-              "trace": _trace_name(trace)}
+              "trace": _trace_name(trace), "sim_events": stats["events"],
+              "lost_runs": stats["lost_runs"]}
     if learner is not None:
         extras["learner_drift_events"] = learner.stats()["drift_events"]
     return _finish(results, policy, slots, extras, out, csv)

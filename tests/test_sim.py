@@ -273,3 +273,34 @@ def test_simulate_trace_with_local_schedulers_keeps_tasks_in_their_region():
     regions = dict(zip(frame["task_id"], frame["region"]))
     for task_id, worker in zip(result.results["task_id"], result.results["worker"]):
         assert worker.endswith("-" + regions[task_id]), (task_id, worker)
+
+
+# ----------------------------------------------------------------------------- failures, delays
+
+
+def test_node_loss_re_places_every_task_of_the_lost_node_and_records_each_once():
+    tasks = trace_tasks("mixed", 400, seed=8)
+    stats = {}
+    completions, _ = simulate(tasks, policy="fifo", slots=8, nodes=2, node_loss=[(2.0, 1)],
+                              stats=stats)
+    assert sorted(completions) == sorted(t.task_id for t in tasks)
+    assert all(c.status == "ok" for c in completions.values())
+    retried = [c for c in completions.values() if c.attempts == 2]
+    assert retried and stats["lost_runs"] >= 1
+    late_on_lost = [c for c in completions.values()
+                    if c.node == "node-1" and c.finish_wall > 2.0]
+    assert late_on_lost == []  # nothing finishes on the lost node after the loss
+    assert all(c.node == "node-0" for c in retried)
+
+
+def test_network_delay_comes_before_the_launch_overhead():
+    tasks = [Task("a", arrival_s=1.0, runtime_s=1.0)]
+    completions, _ = simulate(tasks, policy="fifo", slots=1, launch_overhead_s=0.01,
+                              network_delay_s=0.05, arrival_batch_s=0.0)
+    assert completions["a"].start_wall == pytest.approx(1.06)
+
+
+@pytest.mark.parametrize("loss", [[(1.0, 5)], [(-1.0, 0)]])
+def test_node_loss_naming_no_node_is_refused(loss):
+    with pytest.raises(ConfigError, match="node_loss"):
+        simulate([Task("a", runtime_s=1.0)], policy="fifo", slots=2, nodes=2, node_loss=loss)

@@ -103,6 +103,24 @@ class GlobalCore:
                   task.predicted_runtime_s)
         return index, task
 
+    # -- failure -----------------------------------------------------------------------------
+    def lose_worker(self, index: int, reason: str = "local scheduler lost"
+                    ) -> list[tuple[int, Task]]:
+        """A local scheduler is gone (its actor died, its node was lost): place elsewhere
+        every task it held that has no recorded completion. Returns the new placements.
+
+        Raises:
+            RuntimeError: no live local scheduler is left to place on.
+        """
+        now = self.clock()
+        self.loads.set_alive(index, False)
+        held = [entry for entry in self.ledger.values()
+                if entry.state == "placed" and entry.worker == index]
+        for entry in held:
+            self._release_load(entry)
+            self._log(now, entry.task.task_id, "lost", self.loads.names[index], reason)
+        return [self._place(entry, now) for entry in held]
+
     # -- completion ------------------------------------------------------------------------
     def complete(self, completions: list[Completion]
                  ) -> tuple[list[Completion], list[tuple[int, Task]]]:

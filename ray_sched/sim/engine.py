@@ -14,8 +14,6 @@ import copy
 import heapq
 import itertools
 
-import numpy as np
-
 from ray_sched.errors import ConfigError
 from ray_sched.learner import Learner
 from ray_sched.learner.learner import ObservationBuffer
@@ -37,6 +35,9 @@ ARRIVAL_BATCH_WINDOW_S = 0.001
 #: scheduler reports all completions of one event-loop turn in one call. The local
 #: scheduler itself starts its next task at once.
 COMPLETION_BATCH_S = 0.001
+#: Default network delay between the global and local schedulers: 0 on one machine (the
+#: launch overhead, measured end to end, already holds this machine's actor hops).
+DEFAULT_NETWORK_DELAY_S = 0.0
 
 
 class _Clock:
@@ -51,7 +52,9 @@ def simulate(tasks: list[Task], *, policy: str, slots: int, nodes: int = 1,
              local_schedulers: int | None = None, regions: list[str] | None = None,
              launch_overhead_s: float = DEFAULT_LAUNCH_OVERHEAD_S, seed: int | None = 0,
              learner: Learner | None = None, refresh_every_s: float | None = REFRESH_EVERY_S,
-             arrival_batch_s: float = ARRIVAL_BATCH_WINDOW_S
+             arrival_batch_s: float = ARRIVAL_BATCH_WINDOW_S,
+             network_delay_s: float = DEFAULT_NETWORK_DELAY_S,
+             node_loss: list[tuple[float, int]] | None = None, stats: dict | None = None
              ) -> tuple[dict[str, Completion], Learner | None]:
     """Run ``tasks`` under ``policy`` on ``slots`` slots spread over ``nodes`` virtual nodes.
 
@@ -61,20 +64,36 @@ def simulate(tasks: list[Task], *, policy: str, slots: int, nodes: int = 1,
     learner in COMPLETION_BATCH_S batches; the learner learns in the Learner actor's
     mini-batches.
 
+    Args:
+        launch_overhead_s: from a slot's start to the task's start (the Ray task launch).
+        network_delay_s: from the global scheduler's placement to the local scheduler's
+            receipt, and from a completion to the global scheduler's.
+        node_loss: ``(time_s, node_index)`` pairs: at that time every local scheduler of
+            that node is lost with its queue and running tasks; the global scheduler
+            re-places every task of it that has no recorded completion (``attempts`` counts
+            the runs).
+        stats: when given, filled with ``events`` (handled) and ``lost_runs``.
+
     Returns:
         (completions by task id, with virtual start/finish times in seconds; the learner
         used, or None for policies that predict nothing)
 
     Raises:
-        ConfigError: an unknown policy or a baseline (baselines run only on Ray/Dask).
+        ConfigError: an unknown policy or a baseline (baselines run only on Ray/Dask), or
+            a negative time parameter, or a node_loss naming no node.
     """
     spec = resolve_policy(policy)
     if nodes < 1:
         raise ConfigError(f"--nodes must be >= 1, got {nodes}")
-    if launch_overhead_s < 0:
-        raise ConfigError(f"launch_overhead_s must be >= 0, got {launch_overhead_s}")
-    if not arrival_batch_s >= 0:
-        raise ConfigError(f"arrival_batch_s must be >= 0, got {arrival_batch_s}")
+    for name, value in (("launch_overhead_s", launch_overhead_s),
+                        ("arrival_batch_s", arrival_batch_s),
+                        ("network_delay_s", network_delay_s)):
+        if not value >= 0:
+            raise ConfigError(f"{name} must be >= 0, got {value}")
+    for when, node in node_loss or ():
+        if not (isinstance(node, int) and 0 <= node < nodes) or not when >= 0:
+            raise ConfigError(f"node_loss ({when}, {node}): the node must be 0..{nodes - 1} "
+                              f"and the time >= 0")
     clock = _Clock()
     plan = plan_local_schedulers([NodeInfo(f"node-{i}", 1.0) for i in range(nodes)], slots,
                                  count=local_schedulers, regions=regions)
@@ -90,35 +109,48 @@ def simulate(tasks: list[Task], *, policy: str, slots: int, nodes: int = 1,
     by_id = {task.task_id: task for task in tasks}
     arrivals = sorted(tasks, key=lambda t: (t.arrival_s, t.task_id))
     arrival_times = [t.arrival_s for t in arrivals]
-    finishes: list[tuple[float, int, int, Task, float]] = []
-    order = itertools.count()
     completions: dict[str, Completion] = {}
     # Learning goes through the same mini-batching as the Learner actor's.
     learning = ObservationBuffer(learner, clock) if learner is not None else None
-    # Completions reach the global scheduler in batches, as local schedulers send them.
-    reported: list[Completion] = []
-    reported_since = np.inf
     names = [local.name for local in locals_]
     node_ids = [e["node_id"] for e in plan]
+    lost: set[int] = set()              # local schedulers gone with their node
+    # One event heap: (time, rank, sequence, kind, data). At equal times a report goes
+    # first, then finishes, deliveries, losses, and arrivals last.
+    events: list[tuple] = []
+    sequence = itertools.count()
+    reported: list[Completion] = []     # completions on their way to the global scheduler
+    counters = {"events": 0, "lost_runs": 0}
+
+    def push(time_s: float, rank: int, kind: str, data) -> None:
+        heapq.heappush(events, (time_s, rank, next(sequence), kind, data))
 
     def dispatch(index: int) -> None:
         local = locals_[index]
         for task in local.next_runnable():
             task.attempts += 1
             start = clock.now + launch_overhead_s
-            heapq.heappush(finishes, (start + task.runtime_s, next(order), index, task, start))
+            push(start + task.runtime_s, _FINISH, "finish", (index, task, start, task.attempts))
 
     def deliver(placements: list[tuple[int, Task]]) -> None:
         by_worker: dict[int, list[Task]] = {}
         for index, task in placements:
             by_worker.setdefault(index, []).append(task)
         for index in sorted(by_worker):
-            locals_[index].enqueue(by_worker[index])
-            dispatch(index)
+            if network_delay_s:
+                push(clock.now + network_delay_s, _DELIVER, "deliver", (index, by_worker[index]))
+            else:
+                arrive(index, by_worker[index])
+
+    def arrive(index: int, batch: list[Task]) -> None:
+        if index in lost:  # sent before the loss was known: the re-placement covers them
+            return
+        locals_[index].enqueue(batch)
+        dispatch(index)
 
     def report() -> None:
-        nonlocal reported, reported_since
-        batch, reported, reported_since = reported, [], np.inf
+        nonlocal reported
+        batch, reported = reported, []
         recorded, placements = core.complete(batch)
         for completion in recorded:
             completions[completion.task_id] = completion
@@ -129,50 +161,71 @@ def simulate(tasks: list[Task], *, policy: str, slots: int, nodes: int = 1,
                              [c.finish_wall - c.start_wall for c in ok])
         deliver(placements)
 
+    def admit_arrivals() -> None:
+        nonlocal next_arrival, last_refresh
+        last = bisect.bisect_right(arrival_times, clock.now, lo=next_arrival)
+        batch = arrivals[next_arrival:last]
+        next_arrival = last
+        if next_arrival < n:
+            push(arrival_times[next_arrival] + arrival_batch_s, _ARRIVAL, "arrivals", None)
+        for task in batch:
+            task.submitted_at = task.arrival_s
+        if learner is not None:
+            learning.flush_if_stale()
+            learner.predict(batch).apply(batch)
+            if refresh_every_s is not None and clock.now - last_refresh >= refresh_every_s:
+                last_refresh = clock.now
+                refresh_queues([local.queue for i, local in enumerate(locals_)
+                                if i not in lost], learner)
+        placements, failed = core.admit(batch)
+        for completion in failed:
+            completions[completion.task_id] = completion
+        deliver(placements)
+
+    def lose_node(node: int) -> None:
+        for index, entry in enumerate(plan):
+            if entry["node_id"] == f"node-{node}" and index not in lost:
+                lost.add(index)
+                deliver(core.lose_worker(index, f"node-{node} lost"))
+
     last_refresh = 0.0
     next_arrival = 0
     n = len(arrivals)
-    while next_arrival < n or finishes or reported:
-        # Arrivals are handled in ticks: the first one waiting opens a batch that closes
-        # arrival_batch_s later with every task arrived by then (the replay also submits
-        # tasks due within that window together); earlier events go first.
-        tick_time = (arrival_times[next_arrival] + arrival_batch_s if next_arrival < n
-                     else np.inf)
-        finish_time = finishes[0][0] if finishes else np.inf
-        report_time = reported_since + COMPLETION_BATCH_S
-        if report_time <= finish_time and report_time <= tick_time:
-            clock.now = report_time
-            report()
-        elif finish_time <= tick_time:
-            clock.now = finish_time
-            _, _, index, task, start = heapq.heappop(finishes)
+    if n:
+        push(arrival_times[0] + arrival_batch_s, _ARRIVAL, "arrivals", None)
+    for when, node in node_loss or ():
+        push(float(when), _LOSS, "loss", node)
+    while events:
+        clock.now, _, _, kind, data = heapq.heappop(events)
+        counters["events"] += 1
+        if kind == "finish":
+            index, task, start, attempt = data
+            if index in lost or task.attempts != attempt:
+                counters["lost_runs"] += 1  # a run on a lost node: it never reports
+                continue
             locals_[index].finish(task.task_id)
             if not reported:
-                reported_since = finish_time
+                push(clock.now + COMPLETION_BATCH_S + network_delay_s, _REPORT, "report", None)
             reported.append(Completion(task.task_id, "ok", worker=names[index],
                                        node=node_ids[index], start_wall=start,
-                                       finish_wall=finish_time, attempts=task.attempts))
+                                       finish_wall=clock.now, attempts=task.attempts))
             dispatch(index)
-        else:
-            clock.now = tick_time
-            last = bisect.bisect_right(arrival_times, tick_time, lo=next_arrival)
-            batch = arrivals[next_arrival:last]
-            next_arrival = last
-            for task in batch:
-                task.submitted_at = task.arrival_s
-            if learner is not None:
-                learning.flush_if_stale()
-                learner.predict(batch).apply(batch)
-                if refresh_every_s is not None and clock.now - last_refresh >= refresh_every_s:
-                    last_refresh = clock.now
-                    refresh_queues([local.queue for local in locals_], learner)
-            placements, failed = core.admit(batch)
-            for completion in failed:
-                completions[completion.task_id] = completion
-            deliver(placements)
+        elif kind == "report":
+            report()
+        elif kind == "deliver":
+            arrive(*data)
+        elif kind == "arrivals":
+            admit_arrivals()
+        elif kind == "loss":
+            lose_node(data)
     if learning is not None:
         learning.flush()
+    if stats is not None:
+        stats.update(counters)
     return completions, learner
+
+
+_REPORT, _FINISH, _DELIVER, _LOSS, _ARRIVAL = range(5)
 
 
 def _fresh_copy(task: Task) -> Task:
