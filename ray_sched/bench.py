@@ -315,7 +315,7 @@ def run_suite(suite: Suite | str, out: str | Path | None = None, *,
 
     Args:
         suite: a :class:`Suite` or the name of one of :data:`SUITES`.
-        out: the output folder (default :func:`default_out` under the current directory).
+        out: the output folder (default :func:`default_out`).
         progress: called with one line per cell (default: to stderr).
         model_options: learner options of the ``ml`` policy (default: a fresh model per
             cell, no checkpoints).
@@ -341,6 +341,8 @@ def run_suite(suite: Suite | str, out: str | Path | None = None, *,
              f"loads x {len(suite.policies)} policies = {suite.n_replays} replays of "
              f"{suite.n_tasks} tasks on {suite.slots} slots; results in {out}")
     time_scales: dict[str, float] = {}
+    import ray
+    started_ray = not ray.is_initialized()  # a Ray the caller started is the caller's to stop
     try:
         for index, (scenario, load) in enumerate(cells, start=1):
             trace = build_trace(scenario, n=suite.n_tasks, slots=suite.slots, load=load,
@@ -371,8 +373,7 @@ def run_suite(suite: Suite | str, out: str | Path | None = None, *,
                      f"{cell_wall_s:.0f} s (total {time.perf_counter() - started:.0f} s); "
                      f"mean JCT s: {jcts}" + (f"; {failed} task(s) failed" if failed else ""))
     finally:
-        import ray
-        if ray.is_initialized():
+        if started_ray and ray.is_initialized():
             ray.shutdown()
     wall_s = time.perf_counter() - started
     frame = _summary_frame(rows)

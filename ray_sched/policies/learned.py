@@ -158,6 +158,8 @@ class ScoredQueue:
         and deadlines stay meaningful whatever clock the tasks were stamped with)."""
         if not self._n:
             return None
+        if self._n == 1:
+            return self._tasks[0]
         if now is None:
             now = float(self._arrays["enqueued"][: self._n].max())
         scores = self._scores(now)

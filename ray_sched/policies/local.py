@@ -62,6 +62,15 @@ class LocalCore:
     def next_runnable(self) -> list[Task]:
         """Pop every task that can start now, in order, and count it as running."""
         started = []
+        queue = self.queue
+        if len(queue) and self.busy_cpu + queue.queued_cpu <= self.slots + 1e-9:
+            # Everything queued fits: all of it starts now, whatever the order says.
+            for task in list(queue):
+                queue.remove(task.task_id)
+                self.busy_cpu += self._demand(task)
+                self.running[task.task_id] = task
+                started.append(task)
+            return started
         now = self.clock()
         while len(self.queue):
             head = self.queue.peek(now)
