@@ -105,7 +105,7 @@ def fifo_check(n_tasks: int = 20_000, slots: int = 64) -> dict:
     ratio = ours.mean() / reference.mean()
     return {"tasks": n_tasks, "slots": slots, "ours_mean_s": float(ours.mean()),
             "reference_mean_s": float(reference.mean()), "ratio": float(ratio),
-            "met": abs(ratio - 1) <= FIFO_TOLERANCE}
+            "met": bool(abs(ratio - 1) <= FIFO_TOLERANCE)}
 
 
 def replay_check(out: Path) -> list[dict]:

@@ -24,6 +24,7 @@ import contextlib
 import datetime
 import inspect
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -335,6 +336,7 @@ def run_suite(suite: Suite | str, out: str | Path | None = None, *,
     out = _writable_dir(Path(out) if out is not None else default_out(suite.name))
     model_options = model_options or {"fresh": True, "model_dir": None}
     started = time.perf_counter()
+    load_average = [_load_average()]
     rows: list[dict] = []
     cells = [(s, load) for s in suite.scenarios for load in suite.loads]
     progress(f"suite {suite.name}: {len(suite.scenarios)} scenarios x {len(suite.loads)} "
@@ -376,11 +378,22 @@ def run_suite(suite: Suite | str, out: str | Path | None = None, *,
         if started_ray and ray.is_initialized():
             ray.shutdown()
     wall_s = time.perf_counter() - started
+    load_average.append(_load_average())
     frame = _summary_frame(rows)
     frame.to_csv(out / "summary.csv", index=False)
-    (out / "report.md").write_text(render_report(frame, suite, wall_s, time_scales) + "\n")
+    (out / "report.md").write_text(
+        render_report(frame, suite, wall_s, time_scales, load_average) + "\n")
     progress(f"done in {wall_s:.0f} s: {out / 'summary.csv'}, {out / 'report.md'}")
     return frame
+
+
+def _load_average() -> float | None:
+    """The machine's 1-minute load average (None where the OS does not say): other
+    processes' CPU use is the main source of noise in replays this short."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
 
 
 def _summary_frame(rows: list[dict]) -> pd.DataFrame:
@@ -417,8 +430,11 @@ def estimate_wall_s(frame: pd.DataFrame, wall_s: float, measured: Suite,
 
 
 def render_report(frame: pd.DataFrame, suite: Suite, wall_s: float,
-                  time_scales: dict[str, float]) -> str:
-    """``report.md``: the run's facts, the headline ratios, then one table per scenario."""
+                  time_scales: dict[str, float],
+                  load_average: Sequence[float | None] = ()) -> str:
+    """``report.md``: the run's facts, the headline ratios, then one table per scenario.
+
+    ``load_average``: the machine's 1-minute load average at the start and the end."""
     today = datetime.date.today().isoformat()
     failed = frame[frame["n_failed"].fillna(0) > 0]
     lines = [
@@ -432,6 +448,12 @@ def render_report(frame: pd.DataFrame, suite: Suite, wall_s: float,
         f"{suite.target_span_s:g} s at load {min(suite.loads):g}): "
         + ", ".join(f"{s} {v:.3g}" for s, v in time_scales.items()) + ".", "",
     ]
+    if load_average and None not in load_average:
+        lines += ["Load average (1 min) at the start and the end: "
+                  + " and ".join(f"{v:.2f}" for v in load_average)
+                  + f" (this machine's other processes compete with the replays; a replay "
+                    f"lasts about {suite.target_span_s:g} s, so a stall of a few hundred ms "
+                    f"moves its mean JCT a lot).", ""]
     if suite.name == "quick" and len(frame):
         estimate = estimate_wall_s(frame, wall_s, suite, SUITES["standard"])
         lines += [f"The `standard` suite ({SUITES['standard'].n_replays} replays of "

@@ -362,6 +362,8 @@ def cmd_model_show(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from ray_sched import bench
 
+    # dask.distributed logs every client and worker at INFO: it would bury the progress lines.
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     suite = bench.customize(bench.get_suite(args.suite),
                             scenarios=bench.parse_names(args.scenarios),
                             policies=bench.parse_names(args.policies),

@@ -10,7 +10,9 @@ well under a second, so policies can be compared and tuned quickly.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import copy
+import gc
 import heapq
 import itertools
 
@@ -82,6 +84,31 @@ def simulate(tasks: list[Task], *, policy: str, slots: int, nodes: int = 1,
         ConfigError: an unknown policy or a baseline (baselines run only on Ray/Dask), or
             a negative time parameter, or a node_loss naming no node.
     """
+    with _garbage_collector_paused():
+        return _simulate(tasks, policy=policy, slots=slots, nodes=nodes,
+                         local_schedulers=local_schedulers, regions=regions,
+                         launch_overhead_s=launch_overhead_s, seed=seed, learner=learner,
+                         refresh_every_s=refresh_every_s, arrival_batch_s=arrival_batch_s,
+                         network_delay_s=network_delay_s, node_loss=node_loss, stats=stats)
+
+
+@contextlib.contextmanager
+def _garbage_collector_paused():
+    """The cyclic garbage collector scans every live object on each full pass; with
+    millions of tasks alive that halved the simulator's speed (131 s against 69 s on
+    300,000 tasks), and a simulation makes no cycles to collect. Back on afterwards."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _simulate(tasks, *, policy, slots, nodes, local_schedulers, regions, launch_overhead_s,
+              seed, learner, refresh_every_s, arrival_batch_s, network_delay_s, node_loss,
+              stats):
     spec = resolve_policy(policy)
     if nodes < 1:
         raise ConfigError(f"--nodes must be >= 1, got {nodes}")
