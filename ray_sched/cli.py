@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--suite", default="quick",
                        help="quick (every scenario and policy, loads 0.5 and 0.85, 150 tasks: "
                             "about 10 min on 2 cores) or standard (all four loads, 1,000 "
-                            "tasks: about an hour); default quick")
+                            "tasks: about 80 min); default quick")
     bench.add_argument("--out", default=None,
                        help="output folder (default benchmarks/results/<date>/bench-<suite>/)")
     bench.add_argument("--scenarios", default=None,

@@ -160,3 +160,19 @@ def test_a_tiny_suite_writes_one_summary_row_per_cell_and_policy(ray_local, tmp_
     assert "Measured wall time" in report and "## mixed" in report and "## tree" in report
     assert len([line for line in lines if line.startswith("cell ")]) == 2
     assert ray_local.is_initialized()  # the caller's Ray is left running
+
+
+@pytest.mark.unit
+def test_the_report_marks_replays_whose_scheduler_was_short_of_cpu():
+    rows = [{"suite": "quick", "scenario": "mixed", "load": 0.85, "policy": policy,
+             "n_tasks": 10, "n_ok": 10, "n_failed": 0, "jct_mean_s": jct, "jct_p99_s": 1.0,
+             "deadline_miss_rate": None, "jain_fairness_tenants": 0.9, "makespan_s": 2.0,
+             "sched_overhead_ms_mean": overhead}
+            for policy, jct, overhead in (("ray-default", 0.4, None), ("fifo", 0.2, 3.0),
+                                          ("ml", 0.8, bench.DISTURBED_OVERHEAD_MS + 1))]
+    suite = bench.customize(bench.get_suite("quick"), scenarios=["mixed"],
+                            policies=["ray-default", "fifo", "ml"], loads=[0.85])
+    report = bench.render_report(pd.DataFrame(rows), suite, 12.0, {"mixed": 0.2})
+    assert "| fifo | 0.200 (0.50x) | 1.000 | - | 0.900 |" in report
+    assert "| ml | 0.800 (2.00x) * |" in report
+    assert "1 of the 2 replays of our schedulers" in report

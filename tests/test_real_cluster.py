@@ -31,6 +31,8 @@ BIN = Path(sys.executable).parent
 TRACE = REPO / "examples" / "mixed-300.csv"
 #: CPUs of the head and of each worker node (small: the machine has 2 cores).
 NODE_CPUS = (2, 1, 1)
+#: How long `ray job submit` may be told that no job agent is up yet.
+AGENT_WAIT_S = 120
 
 
 def free_port() -> int:
@@ -67,17 +69,28 @@ def cluster():
         ray.shutdown()
     temp_dir = tempfile.mkdtemp(prefix="rsc", dir="/tmp")  # short: Ray's socket paths
     port, dashboard = free_port(), free_port()
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0",
+    # Loopback only: no token needed (Ray 2.60 enables token auth by default; on a real
+    # cluster, copy ~/.ray/auth_token to every node instead).
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     common = ["--node-ip-address=127.0.0.1", f"--temp-dir={temp_dir}",
               "--object-store-memory=150000000"]
+
+    def own_ports() -> list[str]:
+        # Several nodes on one machine (and any other Ray on it) must not share an agent's
+        # ports; Ray's defaults are fixed numbers.
+        return [f"--dashboard-agent-listen-port={free_port()}",
+                f"--dashboard-agent-grpc-port={free_port()}",
+                f"--metrics-export-port={free_port()}",
+                f"--runtime-env-agent-port={free_port()}"]
     try:
         run([str(BIN / "ray"), "start", "--head", f"--port={port}",
              f"--num-cpus={NODE_CPUS[0]}", "--include-dashboard=true",
-             "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", *common], env=env)
+             "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", *common,
+             *own_ports()], env=env)
         for cpus in NODE_CPUS[1:]:
             run([str(BIN / "ray"), "start", f"--address=127.0.0.1:{port}",
-                 f"--num-cpus={cpus}", *common], env=env)
+                 f"--num-cpus={cpus}", *common, *own_ports()], env=env)
         yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dashboard}",
                "env": env}
     finally:
@@ -118,6 +131,15 @@ def test_ray_job_submit_runs_a_replay_on_the_cluster(cluster, tmp_path):
     out = tmp_path / "job"
     entrypoint = (f"{sys.executable} -m ray_sched.cli replay {TRACE} --policy fifo --slots 4 "
                   f"--address auto --time-scale 0.5 --out {out} --no-progress")
-    run([str(BIN / "ray"), "job", "submit", "--address", cluster["dashboard"], "--",
-         *entrypoint.split()], env=cluster["env"], timeout_s=300)
+    command = [str(BIN / "ray"), "job", "submit", "--address", cluster["dashboard"], "--",
+               *entrypoint.split()]
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:  # the head's job agent comes up some seconds after `ray start` returns
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                                cwd=REPO, env=cluster["env"])
+        if result.returncode == 0 or "No available agent" not in result.stderr + result.stdout:
+            break
+        assert time.monotonic() < deadline, "the job agent never came up"
+        time.sleep(2)
+    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     check_results(out)
