@@ -293,9 +293,25 @@ def test_ml_orders_with_a_scored_queue_and_places_by_expected_completion():
 
 
 def loads(*specs: tuple[float, float, str | None]) -> list[WorkerLoad]:
-    """(slots, predicted backlog in slot-seconds, region) per local scheduler."""
-    return [WorkerLoad(f"w{i}", slots, region=region, predicted_backlog_s=backlog)
+    """(slots, predicted backlog in slot-seconds, region) per local scheduler; one with a
+    backlog has every slot taken."""
+    return [WorkerLoad(f"w{i}", slots, region=region, predicted_backlog_s=backlog,
+                       outstanding_cpu=slots if backlog else 0.0)
             for i, (slots, backlog, region) in enumerate(specs)]
+
+
+def test_expected_completion_prefers_a_free_slot_to_any_backlog():
+    # w0: one slot free of four, but a long backlog on the other three; w1: all busy, short.
+    workers = [WorkerLoad("w0", 4, outstanding_cpu=3, predicted_backlog_s=30.0),
+               WorkerLoad("w1", 4, outstanding_cpu=4, predicted_backlog_s=0.8)]
+    index, reason = ExpectedCompletion(seed=0).choose(predicted("t", 0.5), workers)
+    assert index == 0 and "a free slot" in reason
+
+
+def test_expected_completion_spreads_over_free_schedulers_by_load():
+    workers = [WorkerLoad("w0", 4, outstanding_cpu=3, predicted_backlog_s=3.0),
+               WorkerLoad("w1", 4, outstanding_cpu=1, predicted_backlog_s=9.0)]
+    assert ExpectedCompletion(seed=0).choose(predicted("t", 0.5), workers)[0] == 1
 
 
 def test_expected_completion_picks_the_least_predicted_backlog_per_slot():

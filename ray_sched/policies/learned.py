@@ -23,7 +23,7 @@ import numpy as np
 
 from ray_sched.params import check_range
 from ray_sched.policies.ordering import OrderingPolicy
-from ray_sched.policies.placement import PlacementPolicy
+from ray_sched.policies.placement import PlacementPolicy, expected_wait_s
 from ray_sched.task import Task
 
 #: A priority level is worth this many log units of runtime: 9 vs 0 = e^0.9 = 2.5x shorter
@@ -270,15 +270,18 @@ class LearnedOrdering(OrderingPolicy):
 
 
 class ExpectedCompletion(PlacementPolicy):
-    """Where the predicted backlog per slot plus the task's own predicted runtime is least."""
+    """Where the task is expected to finish first: at once plus its predicted runtime where
+    a slot is free for it, else after the predicted backlog per slot. Among schedulers
+    with a free slot, the least loaded (ties at random)."""
 
     name = "expected-completion"
     needs_predictions = True
 
     def _pick(self, task, loads, options):
         runtime = task.predicted_mean_s or task.predicted_runtime_s or FALLBACK_RUNTIME_S
-        index = self._least(options, loads.predicted_backlog_s[options]
-                            / loads.slots[options] + runtime)
-        backlog = float(loads.predicted_backlog_s[index])
-        expected = backlog / loads.slots[index] + runtime
-        return index, f"expected completion {expected:.3f} s (backlog {backlog:.3f} s)"
+        wait = expected_wait_s(task, loads, options, loads.predicted_backlog_s)
+        index = self._least(options, wait + runtime)
+        waited = float(wait[options == index][0])
+        reason = ("a free slot" if waited < 1e-3
+                  else f"backlog {float(loads.predicted_backlog_s[index]):.3f} s")
+        return index, f"expected completion {waited + runtime:.3f} s ({reason})"

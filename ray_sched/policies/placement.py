@@ -211,14 +211,25 @@ class PowerOfTwo(PlacementPolicy):
         return index, f"power-of-two between {loads.names[a]} and {loads.names[b]}"
 
 
+def expected_wait_s(task: Task, loads: LoadTable, options: np.ndarray,
+                    backlog_s: np.ndarray) -> np.ndarray:
+    """Per option, how long ``task`` would wait to start: 0 where a slot is free for it,
+    else the backlog (slot-seconds, of all ``loads``) over the slots. A tiny load term
+    orders the otherwise equal free schedulers, least loaded first."""
+    slots = loads.slots[options]
+    free = loads.outstanding_cpu[options] + min(task.cpu, 1.0) <= slots + 1e-9
+    return np.where(free, 0.0, backlog_s[options] / slots) + 1e-6 * loads.load(options)
+
+
 class LeastWork(PlacementPolicy):
-    """The candidate whose true backlog per slot is smallest (clairvoyant: oracle only)."""
+    """Where the task starts first by the true backlogs (clairvoyant: oracle only): a free
+    slot, else the least true backlog per slot."""
 
     name = "least-work"
     clairvoyant = True
 
     def _pick(self, task, loads, options):
-        index = self._least(options, loads.true_backlog_s[options] / loads.slots[options])
+        index = self._least(options, expected_wait_s(task, loads, options, loads.true_backlog_s))
         return index, f"least true backlog ({loads.true_backlog_s[index]:.3f} s)"
 
 
