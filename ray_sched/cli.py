@@ -317,21 +317,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ray_sched.otlp.pipeline import PipelineConfig
     from ray_sched.otlp.receiver import serve
 
-    token = None
-    if args.auth_token_env:
-        token = os.environ.get(args.auth_token_env)
-        if not token:
-            raise ConfigError(f"--auth-token-env {args.auth_token_env}: that environment "
-                              f"variable is empty or not set")
+    def token_from(flag: str, variable: str | None) -> str | None:
+        if not variable:
+            return None
+        value = os.environ.get(variable)
+        if not value:
+            raise ConfigError(f"{flag} {variable}: that environment variable is empty or not set")
+        return value
+
+    token = token_from("--auth-token-env", args.auth_token_env)
     if args.no_http and args.no_grpc:
         raise ConfigError("--no-http and --no-grpc: nothing would listen")
-    forward_headers = None
-    if args.forward_token_env:
-        forward_token = os.environ.get(args.forward_token_env)
-        if not forward_token:
-            raise ConfigError(f"--forward-token-env {args.forward_token_env}: that environment "
-                              f"variable is empty or not set")
-        forward_headers = {"Authorization": f"Bearer {forward_token}"}
+    forward_token = token_from("--forward-token-env", args.forward_token_env)
+    forward_headers = {"Authorization": f"Bearer {forward_token}"} if forward_token else None
     options = {name: getattr(args, name) for name in (
         "max_body_bytes", "max_pending_requests", "sample_probability", "max_depth")
         if getattr(args, name) is not None}
