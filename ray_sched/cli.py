@@ -360,8 +360,6 @@ def cmd_model_show(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from ray_sched import bench
 
-    # dask.distributed logs every client and worker at INFO: it would bury the progress lines.
-    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     suite = bench.customize(bench.get_suite(args.suite),
                             scenarios=bench.parse_names(args.scenarios),
                             policies=bench.parse_names(args.policies),
@@ -393,6 +391,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # dask.distributed logs every client and worker at INFO: it would bury the progress lines
+    # of `compare` and `bench` (read when dask is first imported, so set before that).
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     try:
         return int(args.func(args) or 0)
     except RaySchedError as error:
