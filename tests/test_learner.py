@@ -696,3 +696,28 @@ def test_fallback_predicts_the_moving_average_per_kind_with_a_fixed_spread():
     assert predictions.p50_s[0] == pytest.approx(0.2)
     assert predictions.p90_s[0] == pytest.approx(0.2 * math.e)
     assert predictions.priority[0] == 4
+
+
+# ----------------------------------------------------------------------------- observation buffer
+
+
+def test_observation_buffer_learns_at_once_while_the_learner_is_new_then_in_batches():
+    from ray_sched.learner.learner import (
+        MIN_OBSERVE_BATCH,
+        OBSERVE_AT_ONCE_UNTIL,
+        ObservationBuffer,
+    )
+    now = [0.0]
+    learner = Learner()
+    buffer = ObservationBuffer(learner, lambda: now[0])
+    tasks = [Task(f"t{i}", kind="logs") for i in range(OBSERVE_AT_ONCE_UNTIL + 3)]
+    for task in tasks[:OBSERVE_AT_ONCE_UNTIL]:
+        assert buffer.add([task], [0.1]) == 1          # warm-up: every completion learnt
+    assert learner.n_observed_ == OBSERVE_AT_ONCE_UNTIL
+    assert buffer.add(tasks[-3:], [0.1] * 3) == 0      # now it waits for a mini-batch
+    assert len(buffer) == 3 and buffer.flush_if_stale() == 0
+    now[0] = 1.0                                       # ... or for the oldest to be stale
+    assert buffer.flush_if_stale() == 3 and len(buffer) == 0
+    more = [Task(f"m{i}", kind="logs") for i in range(MIN_OBSERVE_BATCH)]
+    assert buffer.add(more, [0.2] * len(more)) == MIN_OBSERVE_BATCH
+    assert learner.n_observed_ == OBSERVE_AT_ONCE_UNTIL + 3 + MIN_OBSERVE_BATCH

@@ -41,6 +41,10 @@ MIN_OBSERVE_BATCH = 16
 #: receiver, a 1,000-node simulation) took a third of a core; 0.1 s of delay costs the
 #: predictions nothing measurable.
 MAX_OBSERVE_DELAY_S = 0.1
+#: Until the learner has seen this many tasks it learns every completion batch at once:
+#: early predictions steer the first bursts most (bursty: 1.26x the oracle batched from the
+#: start, against 1.21x learning at once).
+OBSERVE_AT_ONCE_UNTIL = 256
 
 
 class CheckpointError(RaySchedError, ValueError):
@@ -254,7 +258,8 @@ def _json_default(value):
 
 class ObservationBuffer:
     """Holds completions for a :class:`Learner` until a mini-batch is due (MIN_OBSERVE_BATCH
-    tasks, or the oldest MAX_OBSERVE_DELAY_S old on ``clock``). The Learner actor and the
+    tasks, or the oldest MAX_OBSERVE_DELAY_S old on ``clock``; at once while the learner
+    has seen fewer than OBSERVE_AT_ONCE_UNTIL tasks). The Learner actor and the
     simulator learn through it, so that both fit the same batches.
 
     Args:
@@ -278,7 +283,8 @@ class ObservationBuffer:
             self._since = self.clock()
         self._tasks.extend(tasks)
         self._runtimes.extend(np.asarray(measured_runtime_s, dtype=np.float64).tolist())
-        if len(self._tasks) >= MIN_OBSERVE_BATCH:
+        if (len(self._tasks) >= MIN_OBSERVE_BATCH
+                or self.learner.n_observed_ < OBSERVE_AT_ONCE_UNTIL):
             return self.flush()
         return self.flush_if_stale()
 
