@@ -409,46 +409,52 @@ def _ids_to_base64(item: Any) -> str | None:
     return problem
 
 
+def _scoped_items(data: dict, signal_keys: tuple[str, str, str]):
+    """Every item of an OTLP/JSON request, with its indices and its path: for traces
+    ("resourceSpans", "scopeSpans", "spans") yields ((ri, si, k), item,
+    "resourceSpans[ri].scopeSpans[si].spans[k]"). Keys may be camelCase or snake_case."""
+    resources, scopes, items = signal_keys
+    for ri, resource in enumerate(_members(data, resources, _snake(resources))):
+        for si, scope in enumerate(_members(resource, scopes, _snake(scopes))):
+            for k, item in enumerate(_members(scope, items, _snake(items))):
+                yield (ri, si, k), item, f"{resources}[{ri}].{scopes}[{si}].{items}[{k}]"
+
+
+def _snake(camel: str) -> str:
+    return re.sub(r"(?<!^)([A-Z])", r"_\1", camel).lower()
+
+
 def _walk_trace_ids(data: dict, not_hex: dict[tuple, str]) -> None:
-    for ri, resource in enumerate(_members(data, "resourceSpans", "resource_spans")):
-        for si, scope in enumerate(_members(resource, "scopeSpans", "scope_spans")):
-            for k, span in enumerate(_members(scope, "spans", "spans")):
-                problem = _ids_to_base64(span)
-                for li, link in enumerate(_members(span, "links", "links")):
-                    link_problem = _ids_to_base64(link)
-                    if link_problem and not problem:
-                        problem = f"links[{li}].{link_problem}"
-                if problem:
-                    not_hex[(ri, si, k)] = (
-                        f"resourceSpans[{ri}].scopeSpans[{si}].spans[{k}].{problem}")
+    for key, span, path in _scoped_items(data, ("resourceSpans", "scopeSpans", "spans")):
+        problem = _ids_to_base64(span)
+        for li, link in enumerate(_members(span, "links", "links")):
+            link_problem = _ids_to_base64(link)
+            if link_problem and not problem:
+                problem = f"links[{li}].{link_problem}"
+        if problem:
+            not_hex[key] = f"{path}.{problem}"
 
 
 def _walk_log_ids(data: dict, not_hex: dict[tuple, str]) -> None:
-    for ri, resource in enumerate(_members(data, "resourceLogs", "resource_logs")):
-        for si, scope in enumerate(_members(resource, "scopeLogs", "scope_logs")):
-            for k, record in enumerate(_members(scope, "logRecords", "log_records")):
-                problem = _ids_to_base64(record)
-                if problem:
-                    not_hex[(ri, si, k)] = (
-                        f"resourceLogs[{ri}].scopeLogs[{si}].logRecords[{k}].{problem}")
+    for key, record, path in _scoped_items(data, ("resourceLogs", "scopeLogs", "logRecords")):
+        problem = _ids_to_base64(record)
+        if problem:
+            not_hex[key] = f"{path}.{problem}"
 
 
 def _walk_metric_ids(data: dict, not_hex: dict[tuple, str]) -> None:
-    for ri, resource in enumerate(_members(data, "resourceMetrics", "resource_metrics")):
-        for si, scope in enumerate(_members(resource, "scopeMetrics", "scope_metrics")):
-            for mi, metric in enumerate(_members(scope, "metrics", "metrics")):
-                if not isinstance(metric, dict):
-                    continue
-                for snake, camel in _METRIC_DATA_JSON.items():
-                    data_points = _members(metric.get(camel, metric.get(snake)),
-                                           "dataPoints", "data_points")
-                    for pi, point in enumerate(data_points):
-                        for ei, exemplar in enumerate(_members(point, "exemplars", "exemplars")):
-                            problem = _ids_to_base64(exemplar)
-                            if problem and (ri, si, mi, pi) not in not_hex:
-                                not_hex[(ri, si, mi, pi)] = (
-                                    f"resourceMetrics[{ri}].scopeMetrics[{si}].metrics[{mi}]"
-                                    f".{camel}.dataPoints[{pi}].exemplars[{ei}].{problem}")
+    for key, metric, path in _scoped_items(data, ("resourceMetrics", "scopeMetrics", "metrics")):
+        if not isinstance(metric, dict):
+            continue
+        for snake, camel in _METRIC_DATA_JSON.items():
+            data_points = _members(metric.get(camel, metric.get(snake)),
+                                   "dataPoints", "data_points")
+            for pi, point in enumerate(data_points):
+                for ei, exemplar in enumerate(_members(point, "exemplars", "exemplars")):
+                    problem = _ids_to_base64(exemplar)
+                    if problem and (*key, pi) not in not_hex:
+                        not_hex[(*key, pi)] = (f"{path}.{camel}.dataPoints[{pi}]"
+                                               f".exemplars[{ei}].{problem}")
 
 
 _HEX_WALKERS = {"traces": _walk_trace_ids, "metrics": _walk_metric_ids, "logs": _walk_log_ids}
