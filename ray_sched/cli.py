@@ -56,6 +56,14 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--csv", action="store_true", help="also write tasks.csv")
     parser.add_argument("--no-progress", action="store_true", help="no progress output")
     _add_model_options(parser)
+    group = parser.add_argument_group("monitor (ray_sched's own policies)")
+    group.add_argument("--alerts", default=None, metavar="RULES.toml",
+                       help="alert rules; fired alerts go to the console and OUT/alerts.jsonl "
+                            "(a malformed file is refused at start, with its line)")
+    group.add_argument("--otlp-endpoint", default=None, metavar="URL",
+                       help="send the scheduler's own metrics (OpenTelemetry SDK) and each "
+                            "alert as a log record to this OTLP/HTTP endpoint, e.g. "
+                            "http://127.0.0.1:4318 (ray-sched serve's own included)")
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -72,6 +80,15 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 
 def _model_options(args: argparse.Namespace) -> dict:
     return {"model_dir": args.model_dir, "model": args.model, "fresh": args.fresh}
+
+
+def _monitor_options(args: argparse.Namespace) -> dict:
+    """--alerts (parsed now, so that a bad file stops the run before Ray starts) and
+    --otlp-endpoint."""
+    from ray_sched.monitor.alerts import load_rules
+
+    return {"alerts": load_rules(args.alerts) if args.alerts else None,
+            "otlp_endpoint": args.otlp_endpoint}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,6 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--forward-token-env", default=None, metavar="VAR",
                        help="bearer token for --forward, read from this environment variable")
     _add_model_options(serve)
+    serve.add_argument("--alerts", default=None, metavar="RULES.toml",
+                       help="alert rules on the processing tasks (EXPORT_DIR/alerts.jsonl)")
+    serve.add_argument("--otlp-endpoint", default=None, metavar="URL",
+                       help="send the scheduler's own metrics and alerts here over OTLP/HTTP "
+                            "(its own --http-port included)")
     serve.set_defaults(func=cmd_serve)
 
     model = commands.add_parser("model", help="inspect learner checkpoints")
@@ -221,6 +243,31 @@ def build_parser() -> argparse.ArgumentParser:
                              help="output folder (default runs/tune/sensitivity-<param>/)")
     sensitivity.set_defaults(func=cmd_tune_sensitivity)
 
+    report = commands.add_parser(
+        "report", help="compare runs in one self-contained HTML page with plots",
+        description="Reads each DIR (a replay/simulate output, or a compare output holding "
+                    "one folder per policy) and writes one HTML page, images embedded: JCT "
+                    "CDFs, percentiles, deadline misses, per-tenant slowdown, queue length "
+                    "and utilization over time, predicted vs actual runtime, learner error, "
+                    "energy per task, alerts.")
+    report.add_argument("dirs", nargs="+", metavar="DIR")
+    report.add_argument("--out", required=True, help="the HTML file to write")
+    report.add_argument("--title", default=None)
+    report.add_argument("--busy-core-watts", type=float, default=None,
+                        help="energy model: watts per busy core above idle (default 2.76)")
+    report.add_argument("--idle-node-watts", type=float, default=None,
+                        help="energy model: watts per node for the whole run (default 11.84)")
+    report.set_defaults(func=cmd_report)
+
+    story = commands.add_parser(
+        "story", help="print one task's story from a run's output",
+        description="Arrival, predictions, every placement and move with its reason, "
+                    "attempts and finish of TASK_ID, from DIR/tasks.parquet and "
+                    "DIR/decisions.parquet.")
+    story.add_argument("dir", metavar="DIR")
+    story.add_argument("task_id", metavar="TASK_ID")
+    story.set_defaults(func=cmd_story)
+
     try:
         from ray_sched.workloads.cli import register
     except ImportError:  # pragma: no cover - workloads are part of the package
@@ -244,7 +291,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                         address=args.address, time_scale=args.time_scale, seed=args.seed,
                         local_schedulers=args.local_schedulers, csv=args.csv,
                         show_progress=not args.no_progress,
-                        model_options=_model_options(args))
+                        model_options=_model_options(args), **_monitor_options(args))
     finally:
         _shutdown_ray()
     return _report(result, args.out, "replay")
@@ -278,7 +325,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                           address=args.address, time_scale=args.time_scale, seed=args.seed,
                           local_schedulers=args.local_schedulers, csv=args.csv,
                           show_progress=not args.no_progress,
-                          model_options=_model_options(args))
+                          model_options=_model_options(args), **_monitor_options(args))
     finally:
         _shutdown_ray()
     print(comparison_table([r.summary for r in results]))
@@ -336,7 +383,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = PipelineConfig(export_dir=args.export_dir, policy=args.policy, slots=args.slots,
                             address=args.address, local_schedulers=args.local_schedulers,
                             forward_endpoint=args.forward, forward_headers=forward_headers,
-                            **_model_options(args), **options)
+                            **_model_options(args), **_monitor_options(args), **options)
     from ray_sched.actors.runtime import ensure_ray
 
     ensure_ray(args.slots, args.address)  # in the main thread, where Ray sets its handlers
@@ -347,6 +394,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           auth_token=token))
     finally:
         _shutdown_ray()
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ray_sched.monitor.energy import EnergyModel
+    from ray_sched.monitor.report import build_report
+
+    watts = {name: value for name, value in (("busy_core_w", args.busy_core_watts),
+                                              ("idle_node_w", args.idle_node_watts))
+             if value is not None}
+    path = build_report(args.dirs, args.out, title=args.title, energy=EnergyModel(**watts))
+    print(f"report: {path}")
+    return 0
+
+
+def cmd_story(args: argparse.Namespace) -> int:
+    from ray_sched.monitor.story import task_story
+
+    print("\n".join(task_story(args.dir, args.task_id)))
     return 0
 
 

@@ -75,5 +75,12 @@ class SchedulerEngine:
         except Exception:  # noqa: BLE001 - progress only
             return None
 
+    def started(self, t0: float) -> None:
+        """The replay's clock starts: the monitor's times count from here."""
+        self.scheduler.set_epoch(t0)
+
+    def monitor_output(self) -> dict:
+        return self.scheduler.monitor_output()
+
     def close(self) -> None:
         self.scheduler.shutdown()

@@ -57,6 +57,25 @@ class ResultsError(LocatedError):
     exit_code = 3
 
 
+class AlertRulesError(RaySchedError, ValueError):
+    """A malformed alert rules file (``--alerts rules.toml``), refused at start.
+
+    Args:
+        path: the rules file.
+        line: 1-based line of the fault, when it can be placed.
+        reason: what is wrong, quoting the bad value.
+    """
+
+    exit_code = 2
+
+    def __init__(self, path: str, reason: str, *, line: int | None = None):
+        self.path = str(path)
+        self.line = line
+        self.reason = reason
+        where = self.path if line is None else f"{self.path}, line {line}"
+        super().__init__(f"{where}: {reason}")
+
+
 class ConvertError(RaySchedError, ValueError):
     """An input log or workflow that a converter cannot read."""
 

@@ -20,6 +20,8 @@ import pandas as pd
 from ray_sched import metrics
 from ray_sched.engines import Engine, SchedulerEngine
 from ray_sched.errors import ConfigError
+from ray_sched.monitor import DECISIONS_FILE, TIMESERIES_FILE
+from ray_sched.monitor.energy import EnergyModel
 from ray_sched.policies import BASELINES, resolve_policy
 from ray_sched.progress import Progress
 from ray_sched.sim.engine import ARRIVAL_BATCH_WINDOW_S
@@ -53,8 +55,11 @@ def load_tasks(trace, time_scale: float = 1.0) -> tuple[pd.DataFrame, list[Task]
 
 def make_engine(policy: str, slots: int, *, address: str | None = None,
                 local_schedulers: int | None = None, regions: list[str] | None = None,
-                seed: int | None = 0, model_options: dict | None = None) -> Engine:
-    """The engine for a policy name: ours (a Scheduler), ``ray-default`` or ``dask``."""
+                seed: int | None = 0, model_options: dict | None = None,
+                monitor_options: dict | None = None) -> Engine:
+    """The engine for a policy name: ours (a Scheduler), ``ray-default`` or ``dask``.
+    ``monitor_options`` (ours only): ``monitor``, ``alerts``, ``monitor_dir``,
+    ``otlp_endpoint`` of :class:`ray_sched.Scheduler`."""
     if policy == "dask":
         from ray_sched.baselines.dask_engine import DaskEngine
         return DaskEngine(slots)
@@ -68,7 +73,8 @@ def make_engine(policy: str, slots: int, *, address: str | None = None,
     from ray_sched.scheduler import Scheduler
     return SchedulerEngine(Scheduler(policy, slots, address=address,
                                      local_schedulers=local_schedulers, regions=regions,
-                                     seed=seed, **(model_options or {})))
+                                     seed=seed, **(model_options or {}),
+                                     **(monitor_options or {})))
 
 
 def drive(engine: Engine, tasks: list[Task], *, progress: Progress | None = None
@@ -84,6 +90,9 @@ def drive(engine: Engine, tasks: list[Task], *, progress: Progress | None = None
     jct_sum = 0.0
     next_index = 0
     t0 = time.time()
+    started = getattr(engine, "started", None)
+    if started is not None:
+        started(t0)
     while len(completions) < n:
         now = time.time() - t0
         due = []
@@ -171,6 +180,7 @@ def prediction_quality(frame: pd.DataFrame) -> dict:
 
 def summarize(frame: pd.DataFrame, policy: str, slots: int, extras: dict) -> dict:
     summary = metrics.summarize(frame, policy=policy, slots=slots)
+    summary["energy_j_per_task"] = EnergyModel().estimate(frame)["energy_j_per_task"]
     lag_ms = (frame["arrival_s"] - frame["trace_arrival_s"]).to_numpy() * 1000.0
     summary["arrival_lag_ms_p50"] = float(np.median(lag_ms))
     summary["arrival_lag_ms_max"] = float(np.max(lag_ms))
@@ -183,7 +193,8 @@ def replay(trace, *, policy: str, slots: int, out: str | Path | None = None,
            address: str | None = None, time_scale: float = 1.0, seed: int | None = 0,
            local_schedulers: int | None = None, csv: bool = False,
            show_progress: bool = True, engine: Engine | None = None,
-           model_options: dict | None = None) -> ReplayResult:
+           model_options: dict | None = None, alerts=None, otlp_endpoint: str | None = None,
+           monitor: bool = True) -> ReplayResult:
     """Replay a trace under one policy and (optionally) write ``out/tasks.parquet`` and
     ``out/summary.json``.
 
@@ -199,6 +210,11 @@ def replay(trace, *, policy: str, slots: int, out: str | Path | None = None,
         engine: an engine already set up; it is not closed here.
         model_options: for policies that predict: ``model_dir``, ``model``, ``fresh``,
             ``checkpoint_every`` (see :class:`ray_sched.Scheduler`).
+        alerts: alert rules (a TOML path or AlertRule list); fired ones go to the console
+            and ``out/alerts.jsonl``. Our policies only.
+        otlp_endpoint: where the scheduler's own metrics and alert log records go (OTLP/HTTP).
+        monitor: run the monitor (our policies); it writes ``out/timeseries.parquet``, and
+            the decision log goes to ``out/decisions.parquet`` for ``ray-sched story``.
 
     Raises:
         TraceError: a bad trace. ConfigError: a bad policy, slot count or time scale.
@@ -211,14 +227,24 @@ def replay(trace, *, policy: str, slots: int, out: str | Path | None = None,
         resolve_policy(policy)
     frame, tasks = load_tasks(trace, time_scale)
     regions = sorted({t.region for t in tasks if t.region is not None}) or None
+    if policy in BASELINES and (alerts or otlp_endpoint):
+        raise ConfigError(f"--alerts and --otlp-endpoint watch ray_sched's own scheduler; "
+                          f"{policy!r} is a baseline without one")
     own_engine = engine is None
     if own_engine:
         engine = make_engine(policy, slots, address=address, local_schedulers=local_schedulers,
                              regions=regions if local_schedulers else None, seed=seed,
-                             model_options=model_options)
+                             model_options=model_options,
+                             monitor_options={"monitor": monitor, "alerts": alerts,
+                                              "monitor_dir": out,
+                                              "otlp_endpoint": otlp_endpoint})
     progress = Progress(f"replay {policy}", len(tasks), enabled=show_progress)
+    watched: dict = {}
     try:
         t0, completions = drive(engine, tasks, progress=progress)
+        output = getattr(engine, "monitor_output", None)
+        if output is not None:
+            watched = output()
     finally:
         if own_engine:
             engine.close()
@@ -231,7 +257,24 @@ def replay(trace, *, policy: str, slots: int, out: str | Path | None = None,
         extras["learner_checkpoint"] = learner_info.get("last_checkpoint")
         extras["learner_fallback_batches"] = learner_info.get("fallback_batches")
         extras["learner_drift_events"] = learner_info.get("stats", {}).get("drift_events")
-    return _finish(results, policy, slots, extras, out, csv)
+    if "totals" in watched:
+        extras["alerts_fired"] = len(watched["totals"]["alerts"])
+        extras["lost_events"] = len(watched["totals"]["lost"])
+    result = _finish(results, policy, slots, extras, out, csv)
+    if result.out_dir is not None:
+        write_monitor_files(result.out_dir, watched)
+    return result
+
+
+def write_monitor_files(out_dir: Path, watched: dict) -> None:
+    """``timeseries.parquet`` and ``decisions.parquet`` (what the monitor and the decision
+    log hold) beside the results; each atomically."""
+    for name, key in ((TIMESERIES_FILE, "timeseries"), (DECISIONS_FILE, "decisions")):
+        frame = watched.get(key)
+        if frame is not None:
+            partial = out_dir / f".{name}.partial"
+            frame.to_parquet(partial, index=False)
+            partial.replace(out_dir / name)
 
 
 def _trace_name(trace) -> str:
@@ -252,10 +295,11 @@ def _finish(results: pd.DataFrame, policy: str, slots: int, extras: dict,
 def compare(trace, policies: list[str], *, slots: int, out: str | Path,
             address: str | None = None, time_scale: float = 1.0, seed: int | None = 0,
             local_schedulers: int | None = None, csv: bool = False,
-            show_progress: bool = True, model_options: dict | None = None
-            ) -> list[ReplayResult]:
+            show_progress: bool = True, model_options: dict | None = None,
+            alerts=None, otlp_endpoint: str | None = None) -> list[ReplayResult]:
     """Replay one trace under several policies, one after another on the same Ray, into
-    ``out/<policy>/``; writes ``out/comparison.md`` and ``out/summary.csv``.
+    ``out/<policy>/``; writes ``out/comparison.md`` and ``out/summary.csv``. ``alerts``
+    and ``otlp_endpoint`` (see :func:`replay`) apply to our policies, not the baselines.
 
     Raises:
         ConfigError: an empty or unknown policy list (checked before anything runs).
@@ -271,7 +315,9 @@ def compare(trace, policies: list[str], *, slots: int, out: str | Path,
         results.append(replay(trace, policy=policy, slots=slots, out=out / policy,
                               address=address, time_scale=time_scale, seed=seed,
                               local_schedulers=local_schedulers, csv=csv,
-                              show_progress=show_progress, model_options=model_options))
+                              show_progress=show_progress, model_options=model_options,
+                              alerts=None if policy in BASELINES else alerts,
+                              otlp_endpoint=None if policy in BASELINES else otlp_endpoint))
     summaries = [r.summary for r in results]
     (out / "comparison.md").write_text(metrics.markdown_table(summaries) + "\n")
     pd.DataFrame(summaries).to_csv(out / "summary.csv", index=False)

@@ -35,9 +35,12 @@ from ray_sched.task import DEFAULT_KIND, DEFAULT_TENANT, MAX_PRIORITY, Completio
 from ray_sched.topology import NodeInfo, plan_local_schedulers
 
 log = logging.getLogger(__name__)
+alert_log = logging.getLogger("ray_sched.alerts")
 
 #: How long the completion pump waits in one long poll; bounds shutdown latency.
 POLL_WAIT_S = 0.25
+#: How often the driver fetches fired alerts to log them.
+ALERT_POLL_S = 1.0
 #: How long to wait for the actors to come up (worker processes start slowly on 2 cores).
 STARTUP_TIMEOUT_S = 180.0
 
@@ -122,6 +125,34 @@ class TaskFuture:
             self._completion.set_exception(error)
 
 
+def _alert_rules(alerts) -> list:
+    """Alert rules from a TOML path or a list of AlertRule (refused at start if malformed)."""
+    from ray_sched.monitor.alerts import AlertRule, load_rules
+
+    if alerts is None:
+        return []
+    if isinstance(alerts, (str, Path)):
+        return load_rules(alerts)
+    rules = list(alerts)
+    for rule in rules:
+        if not isinstance(rule, AlertRule):
+            raise ConfigError(f"alerts must be a rules file path or AlertRule objects, got "
+                              f"{type(rule).__name__}")
+    return rules
+
+
+def _otlp_endpoint(endpoint: str | None) -> str | None:
+    if endpoint is None:
+        return None
+    from urllib.parse import urlparse
+
+    parsed = urlparse(endpoint)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ConfigError(f"otlp_endpoint must be an http(s) URL such as "
+                          f"http://127.0.0.1:4318, got {endpoint!r}")
+    return endpoint
+
+
 def _validate_options(priority: int, deadline_s: float | None, cpu: float) -> None:
     if not isinstance(priority, int) or not 0 <= priority <= MAX_PRIORITY:
         raise ConfigError(f"priority must be an integer 0..{MAX_PRIORITY}, got {priority!r}")
@@ -158,6 +189,14 @@ class Scheduler:
             one actor per slot on its node holding ``factory()`` (a picklable callable, e.g.
             a class or a ``functools.partial``), and :meth:`submit_stage` runs that object's
             methods there as scheduled tasks, so that state lives across tasks.
+        monitor: run the Monitor actor (live metrics, alerts, self-telemetry); False
+            turns it off.
+        alerts: alert rules: a TOML file path (see :mod:`ray_sched.monitor.alerts`) or a
+            list of :class:`~ray_sched.monitor.alerts.AlertRule`. Fired alerts are logged
+            as warnings (logger ``ray_sched.alerts``) and kept in :meth:`alerts`.
+        monitor_dir: where the monitor appends ``alerts.jsonl`` as alerts fire.
+        otlp_endpoint: an OTLP/HTTP base URL (``http://host:4318``): the scheduler's own
+            metrics go there through the OpenTelemetry SDK, and each alert as a log record.
 
     Raises:
         ConfigError: an unknown policy, a baseline name, or slots that cannot be split.
@@ -169,7 +208,9 @@ class Scheduler:
                  actor_options: dict | None = None, model_dir: str | None = "models",
                  model: str | None = None, fresh: bool = False,
                  checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
-                 stages: dict[str, Callable[[], Any]] | None = None):
+                 stages: dict[str, Callable[[], Any]] | None = None, monitor: bool = True,
+                 alerts: str | Path | list | None = None, monitor_dir: str | Path | None = None,
+                 otlp_endpoint: str | None = None):
         if policy in BASELINES:
             raise ConfigError(f"{policy!r} is a baseline: use ray_sched.replay.replay() or "
                               f"`ray-sched replay --policy {policy}` to measure it")
@@ -199,9 +240,17 @@ class Scheduler:
             if not callable(factory):
                 raise ConfigError(f"stage {name!r}: the factory must be callable, got "
                                   f"{type(factory).__name__}")
+        monitor_options = None
+        if monitor:
+            monitor_options = {"rules": [r.as_dict() for r in _alert_rules(alerts)],
+                               "out_dir": None if monitor_dir is None
+                               else str(Path(monitor_dir).resolve()),
+                               "otlp_endpoint": _otlp_endpoint(otlp_endpoint)}
+        elif alerts or otlp_endpoint:
+            raise ConfigError("alerts and otlp_endpoint need the monitor (monitor=True)")
         self._global = GlobalScheduler.options(**options).remote(
             self.plan, self.policy.ordering, self.policy.placement, seed, learner_options,
-            self.stages)
+            self.stages, monitor_options)
         ray.get(self._global.ready.remote(), timeout=STARTUP_TIMEOUT_S)
         if warmup:
             ray.get(self._global.warmup.remote(), timeout=STARTUP_TIMEOUT_S)
@@ -212,6 +261,8 @@ class Scheduler:
         self._lock = threading.Lock()
         self._listeners: list[Callable[[list[Completion]], None]] = []
         self._closed = False
+        self._alerts: list[dict] = []
+        self._alerts_polled = time.monotonic()
         self._pump = threading.Thread(target=self._pump_loop, name="ray-sched-pump", daemon=True)
         self._pump.start()
 
@@ -351,6 +402,8 @@ class Scheduler:
                 log.warning("completion poll failed: %s", error)
                 time.sleep(0.1)
                 continue
+            if time.monotonic() - self._alerts_polled >= ALERT_POLL_S:
+                self._poll_alerts()
             if not batch:
                 continue
             with self._lock:
@@ -363,6 +416,31 @@ class Scheduler:
             for future, completion in zip(futures, batch):
                 if future is not None:
                     future._set(completion)
+
+    def _poll_alerts(self) -> None:
+        self._alerts_polled = time.monotonic()
+        try:
+            fired = ray.get(self._global.alerts_since.remote(len(self._alerts)), timeout=10)
+        except Exception as error:  # noqa: BLE001 - alerts are best effort, tasks are not
+            log.debug("alert poll failed: %s", error)
+            return
+        for alert in fired:
+            alert_log.warning("ALERT %s", alert["message"])
+        self._alerts.extend(fired)
+
+    def alerts(self) -> list[dict]:
+        """Alerts fired so far (the lines of ``alerts.jsonl``), oldest first."""
+        self._poll_alerts()
+        return list(self._alerts)
+
+    def set_epoch(self, epoch: float) -> None:
+        """The wall time that the monitor's and the decision log's ``t_s`` count from."""
+        self._global.set_epoch.remote(epoch)  # not awaited: the replay's clock has started
+
+    def monitor_output(self) -> dict:
+        """The monitor's ``timeseries`` and ``totals`` (when it runs) and the ``decisions``
+        log, as pandas frames and a dict; see :meth:`GlobalScheduler.monitor_output`."""
+        return ray.get(self._global.monitor_output.remote(), timeout=60)
 
     # -- queries and lifecycle ------------------------------------------------------------
     def stats(self) -> dict:

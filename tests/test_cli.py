@@ -143,3 +143,33 @@ def test_model_show_prints_what_a_checkpoint_holds(tmp_path, capsys):
 def test_model_show_on_an_empty_directory_exits_3(tmp_path, capsys):
     assert main(["model", "show", str(tmp_path)]) == 3
     assert "no learner checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("command", [["replay", "--policy", "ml"], ["compare"]])
+def test_a_malformed_alerts_file_exits_2_with_its_line_before_anything_runs(tmp_path, capsys,
+                                                                            command):
+    trace, rules = tmp_path / "t.csv", tmp_path / "rules.toml"
+    small_trace(10).to_csv(trace, index=False)
+    rules.write_text('[[rule]]\nname = "slow"\nmetric = "jct_p99"\nabove = 2\n')
+    assert main([command[0], str(trace), *command[1:], "--slots", "2", "--out",
+                 str(tmp_path / "out"), "--alerts", str(rules)]) == 2
+    err = capsys.readouterr().err
+    assert f"{rules}, line 3: rule 'slow': metric 'jct_p99' is not one of" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.unit
+def test_story_of_an_unknown_task_exits_2_suggesting_near_ids(tmp_path, capsys):
+    from ray_sched.metrics import summarize, write_results
+    from tests.test_metrics import make_results, task
+
+    results = make_results([
+        task("job-001", arrival_s=0.0, start_s=0.1, finish_s=1.0, measured_runtime_s=0.9),
+        task("job-002", arrival_s=0.5, status="failed", error="boom")])
+    write_results(tmp_path, results, summarize(results, policy="learned", slots=2))
+    assert main(["story", str(tmp_path), "job-01"]) == 2
+    assert "no task 'job-01' among its 2 tasks; did you mean 'job-001'" in capsys.readouterr().err
+    assert main(["story", str(tmp_path), "job-002"]) == 0
+    out = capsys.readouterr().out
+    assert "outcome: failed" in out and "error: boom" in out and "no decision log" in out

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 
 import ray
@@ -17,6 +18,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ray_sched.actors.learner_actor import LearnerActor
 from ray_sched.actors.local_scheduler import LocalScheduler
+from ray_sched.actors.monitor_actor import MonitorActor
 from ray_sched.learner import FallbackPredictor
 from ray_sched.policies import PLACEMENTS
 from ray_sched.policies.global_core import GlobalCore
@@ -27,12 +29,19 @@ log = logging.getLogger(__name__)
 
 #: How long a batch waits for the learner's predictions before the fallback answers.
 PREDICT_TIMEOUT_S = 1.0
+#: The monitor's sampling period: local scheduler snapshots, learner error, lost actors.
+MONITOR_EVERY_S = 1.0
+#: A local scheduler's snapshot that takes longer is skipped for that second.
+SNAPSHOT_TIMEOUT_S = 2.0
+#: Node liveness (a GCS call) is checked every this many seconds.
+NODE_CHECK_EVERY_S = 2.0
 
 
 @ray.remote(num_cpus=0)
 class GlobalScheduler:
     def __init__(self, plan: list[dict], ordering: str, placement: str, seed: int | None = 0,
-                 learner_options: dict | None = None, stages: dict | None = None):
+                 learner_options: dict | None = None, stages: dict | None = None,
+                 monitor_options: dict | None = None):
         me = ray.get_runtime_context().current_actor
         here = ray.get_runtime_context().get_node_id()
         # The learner, when the policy needs predictions; the fallback serves while it
@@ -60,12 +69,28 @@ class GlobalScheduler:
         self._outbox: list[Completion] = []
         self._ready = asyncio.Event()
         self.n_recorded = 0
+        # The monitor, fed once a second from _monitor_loop (None: no monitoring).
+        self.monitor = None
+        if monitor_options is not None:
+            self.monitor = MonitorActor.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True),
+            ).remote(**monitor_options)
+        self._monitor_records: list[tuple] = []
+        self._monitor_task: asyncio.Task | None = None
+        self._lost: set[str] = set()
+        self._learner_reachable = True
+        self._nodes_checked = 0.0
+        self.epoch = time.time()
 
     async def ready(self) -> list[dict]:
         """Wait until every local scheduler (and the learner) is up; returns their descriptions."""
         described = list(await asyncio.gather(*(local.ping.remote() for local in self.locals)))
         if self.learner is not None:
             described.append({"learner": await self.learner.info.remote()})
+        if self.monitor is not None:
+            await self.monitor.ping.remote()
+            if self._monitor_task is None:
+                self._monitor_task = asyncio.ensure_future(self._monitor_loop())
         return described
 
     async def warmup(self) -> None:
@@ -79,7 +104,7 @@ class GlobalScheduler:
             await self._predict(tasks)
         placements, failed = self.core.admit(tasks)
         self._send(placements)
-        self._record(failed)
+        self._record(failed, {t.task_id: t for t in tasks} if failed else {})
 
     async def _predict(self, tasks: list[Task]) -> None:
         try:
@@ -109,9 +134,12 @@ class GlobalScheduler:
         self.snapshots[local_name] = snapshot
         if self.learner is not None:
             self._observe(completions)
+        ledger = self.core.ledger
+        tasks = ({c.task_id: ledger[c.task_id].task for c in completions
+                  if c.task_id in ledger} if self.monitor is not None else {})
         recorded, placements = self.core.complete(completions)
         self._send(placements)
-        self._record(recorded)
+        self._record(recorded, tasks)
 
     async def take(self, wait_s: float = 0.5) -> list[Completion]:
         """Completions recorded since the last call; waits up to ``wait_s`` for the first."""
@@ -137,6 +165,10 @@ class GlobalScheduler:
     async def story(self, task_id: str) -> list[dict]:
         return self.core.story(task_id)
 
+    async def local_handles(self) -> list:
+        """The LocalScheduler actors' handles, in plan order (for fault injection)."""
+        return list(self.locals)
+
     async def learner_actor(self):
         """The Learner actor's handle (None for policies that predict nothing)."""
         return self.learner
@@ -155,9 +187,18 @@ class GlobalScheduler:
         return [r for local_results in results for r in local_results]
 
     async def shutdown(self) -> dict | None:
-        """Stop the local schedulers; checkpoint the learner. Returns the learner's info."""
+        """Stop the local schedulers and the monitor (flushing its telemetry); checkpoint
+        the learner. Returns the learner's info."""
         for local in self.locals:
             ray.kill(local)
+        if self.monitor is not None:
+            if self._monitor_task is not None:
+                self._monitor_task.cancel()
+            try:
+                await asyncio.wait_for(self.monitor.close.remote(), timeout=30)
+            except Exception as error:  # noqa: BLE001 - shutting down anyway
+                log.warning("monitor close failed: %s", error)
+            ray.kill(self.monitor)
         info = None
         if self.learner is not None:
             try:
@@ -175,10 +216,108 @@ class GlobalScheduler:
         for index, tasks in by_worker.items():
             self.locals[index].enqueue.remote(tasks)
 
-    def _record(self, completions: list[Completion]) -> None:
+    def _record(self, completions: list[Completion], tasks: dict[str, Task]) -> None:
         if completions:
             self.n_recorded += len(completions)
             self._outbox.extend(completions)
             self._ready.set()
+            if self.monitor is not None:
+                self._monitor_records.extend(monitor_record(c, tasks.get(c.task_id))
+                                             for c in completions)
+
+    # -- the monitor's feed ---------------------------------------------------------------
+    async def _monitor_loop(self) -> None:
+        next_tick = time.monotonic()
+        while True:
+            # On a fixed grid, so that a slow tick does not stretch the period.
+            next_tick = max(next_tick + MONITOR_EVERY_S, time.monotonic())
+            await asyncio.sleep(next_tick - time.monotonic())
+            try:
+                await self._monitor_tick()
+            except Exception:  # noqa: BLE001 - monitoring must never stop scheduling
+                log.exception("monitor sample failed")
+
+    async def _monitor_tick(self) -> None:
+        """Send the monitor this second's records, every local scheduler's state, the
+        learner's recent error, and any local scheduler, learner or node found lost."""
+        now = time.time()
+        states = await asyncio.gather(
+            *(asyncio.wait_for(local.snapshot.remote(), SNAPSHOT_TIMEOUT_S)
+              for local in self.locals), return_exceptions=True)
+        loads = self.core.loads
+        sample = []
+        for index, (entry, state) in enumerate(zip(self.plan, states)):
+            if isinstance(state, ray.exceptions.RayActorError):
+                self._report_lost(now, "local_scheduler", entry["name"], state)
+                continue
+            if isinstance(state, BaseException):
+                continue  # slow this second; its next snapshot counts
+            state["region"] = entry.get("region") or ""
+            state["backlog_predicted_s"] = float(loads.predicted_backlog_s[index])
+            sample.append(state)
+        learner_error = None
+        if self.learner is not None:
+            try:
+                learner_error = await asyncio.wait_for(self.learner.recent_error.remote(),
+                                                       MONITOR_EVERY_S)
+                self._learner_reachable = True
+            except Exception as error:  # noqa: BLE001 - dead, restarting or slow
+                if self._learner_reachable:
+                    self._learner_reachable = False
+                    self.monitor.lost.remote(now, "learner", "learner", str(error)[:200])
+        if now - self._nodes_checked >= NODE_CHECK_EVERY_S:
+            self._nodes_checked = now
+            nodes = await asyncio.get_running_loop().run_in_executor(None, ray.nodes)
+            alive = {n["NodeID"] for n in nodes if n.get("Alive")}
+            for node_id in {e["node_id"] for e in self.plan} - alive:
+                self._report_lost(now, "node", node_id, "Ray reports the node dead")
+        records, self._monitor_records = self._monitor_records, []
+        await self.monitor.update.remote(now, records, sample, learner_error,
+                                         self.core.n_decisions)
+
+    def _report_lost(self, now: float, what: str, name: str, detail) -> None:
+        if name not in self._lost:
+            self._lost.add(name)
+            self.monitor.lost.remote(now, what, name, str(detail)[:200])
+
+    async def set_epoch(self, epoch: float) -> None:
+        """The wall time the run's relative times count from (the replay's start)."""
+        self.epoch = epoch
+        if self.monitor is not None:
+            await self.monitor.set_epoch.remote(epoch)
+
+    async def alerts_since(self, index: int) -> list[dict]:
+        if self.monitor is None:
+            return []
+        return await self.monitor.alerts_since.remote(index)
+
+    async def monitor_output(self) -> dict:
+        """After a last sample: the monitor's time series and totals, and the decision log
+        (frames, times from the epoch)."""
+        output = {"decisions": self.core.decision_frame(self.epoch)}
+        if self.monitor is not None:
+            await self._monitor_tick()
+            output["timeseries"] = await self.monitor.timeseries.remote()
+            output["totals"] = await self.monitor.totals.remote()
+        return output
 
 
+
+
+def monitor_record(completion: Completion, task: Task | None) -> tuple:
+    """The monitor's record of one recorded completion (``core.RECORD_FIELDS``)."""
+    now = time.time()
+    finish = completion.finish_wall or now
+    arrival = completion.submitted_wall or completion.received_wall or finish
+    jct = finish - arrival
+    ok = completion.status == "ok"
+    missed = math.nan
+    if task is not None and task.deadline_s is not None:
+        missed = 0.0 if ok and jct <= task.deadline_s else 1.0
+    error = math.nan
+    measured, predicted = completion.measured_runtime_s, completion.predicted_runtime_s
+    if ok and measured and predicted and measured > 0 and predicted > 0:
+        error = abs(math.log(predicted) - math.log(measured))
+    if task is None:
+        return finish, jct, ok, missed, "", "", "", error
+    return finish, jct, ok, missed, task.region or "", task.tenant, task.kind, error

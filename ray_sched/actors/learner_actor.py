@@ -68,6 +68,11 @@ class LearnerActor:
         self._since_checkpoint = 0
         return self.last_checkpoint
 
+    def recent_error(self) -> float | None:
+        """Recent mean |log error| of the runtime model (the monitor's once-a-second read)."""
+        errors = self.learner._abs_errors
+        return float(np.mean(errors)) if errors else None
+
     def stats(self) -> dict:
         self._learn_waiting()
         return self.learner.stats()

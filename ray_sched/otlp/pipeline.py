@@ -126,6 +126,10 @@ class PipelineConfig:
         forward_endpoint: an OTLP/HTTP traces URL the kept traces are also sent to.
         forward_headers: HTTP headers of those requests (e.g. authorization).
         model_dir, model, fresh: the learner's checkpoints, as for ``ray-sched replay``.
+        alerts: alert rules on the processing tasks (a TOML path or AlertRule list); fired
+            alerts go to the console and ``export_dir/alerts.jsonl``.
+        otlp_endpoint: where the scheduler's own metrics and alert log records go; may be
+            this very receiver (``http://127.0.0.1:4318``).
     """
 
     export_dir: str
@@ -149,6 +153,8 @@ class PipelineConfig:
     model_dir: str | None = "models"
     model: str | None = None
     fresh: bool = False
+    alerts: object = None
+    otlp_endpoint: str | None = None
 
     def __post_init__(self):
         try:
@@ -420,7 +426,9 @@ class OtlpPipeline:
         self.scheduler = Scheduler(
             policy=config.policy, slots=config.slots, address=config.address,
             local_schedulers=config.local_schedulers, model_dir=config.model_dir,
-            model=config.model, fresh=config.fresh, stages={STAGE: processor})
+            model=config.model, fresh=config.fresh, stages={STAGE: processor},
+            alerts=config.alerts, otlp_endpoint=config.otlp_endpoint,
+            monitor_dir=config.export_dir if config.alerts else None)
         ray.get([d.__ray_ready__.remote() for d in self.decoders] +
                 [self.aggregator.__ray_ready__.remote()], timeout=120)
         self.pending_requests = 0

@@ -11,6 +11,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+import pandas as pd
+
 from ray_sched.policies.placement import LoadTable, PlacementPolicy, WorkerLoad
 from ray_sched.task import Completion, Task
 
@@ -64,6 +66,7 @@ class GlobalCore:
         self.finished: dict[str, bool] = {}       # task_id -> ok
         self.children: dict[str, list[str]] = {}  # parent id -> waiting children
         self.decisions: deque[Decision] = deque(maxlen=decision_log_size)
+        self.n_decisions = 0  # ever logged, for decisions/s
         self._seq = 0
 
     # -- admission and placement ---------------------------------------------------------
@@ -216,9 +219,21 @@ class GlobalCore:
         """Every logged decision about one task, oldest first."""
         return [d.as_dict() for d in self.decisions if d.task_id == task_id]
 
+    def decision_frame(self, epoch: float = 0.0):
+        """The decision log as a frame (``decisions.parquet``): ``t_s`` counts from
+        ``epoch``, then ``task_id``, ``event``, ``target``, ``reason``,
+        ``predicted_runtime_s``. The oldest are gone past ``decision_log_size``."""
+        frame = pd.DataFrame([d.as_dict() for d in self.decisions],
+                             columns=["wall", "task_id", "event", "target", "reason",
+                                      "predicted_runtime_s"])
+        frame.insert(0, "t_s", frame.pop("wall").astype(float) - epoch)
+        frame["predicted_runtime_s"] = frame["predicted_runtime_s"].astype(float)
+        return frame
+
     def _log(self, wall: float, task_id: str, event: str, target: str = "", reason: str = "",
              predicted: float | None = None) -> None:
         self.decisions.append(Decision(wall, task_id, event, target, reason, predicted))
+        self.n_decisions += 1
 
 
 def _predicted_work(task: Task) -> float:
