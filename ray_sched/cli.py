@@ -108,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(replay)
     replay.add_argument("--policy", required=True,
                         help=f"one of {', '.join(policy_names())}, or ORDERING+PLACEMENT")
+    replay.add_argument("--chaos", action="append", default=[], metavar="SPEC",
+                        help="inject a fault: kill-local[:I]@SECONDS (a local scheduler, "
+                             "replaced) or kill-learner@SECONDS (restarts from its "
+                             "checkpoint); repeatable or comma-separated")
     replay.set_defaults(func=cmd_replay)
 
     compare = commands.add_parser(
@@ -291,7 +295,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
                         address=args.address, time_scale=args.time_scale, seed=args.seed,
                         local_schedulers=args.local_schedulers, csv=args.csv,
                         show_progress=not args.no_progress,
-                        model_options=_model_options(args), **_monitor_options(args))
+                        model_options=_model_options(args), **_monitor_options(args),
+                        chaos=args.chaos)
     finally:
         _shutdown_ray()
     return _report(result, args.out, "replay")

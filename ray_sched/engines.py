@@ -79,6 +79,12 @@ class SchedulerEngine:
         """The replay's clock starts: the monitor's times count from here."""
         self.scheduler.set_epoch(t0)
 
+    def check_fault(self, action: str, index: int) -> None:
+        self.scheduler.check_fault(action, index)
+
+    def inject_fault(self, action: str, index: int) -> None:
+        self.scheduler.inject_fault(action, index)
+
     def monitor_output(self) -> dict:
         return self.scheduler.monitor_output()
 

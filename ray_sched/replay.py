@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ray_sched import metrics
+from ray_sched.control.chaos import parse_chaos
 from ray_sched.engines import Engine, SchedulerEngine
 from ray_sched.errors import ConfigError
 from ray_sched.monitor import DECISIONS_FILE, TIMESERIES_FILE
@@ -77,8 +78,8 @@ def make_engine(policy: str, slots: int, *, address: str | None = None,
                                      **(monitor_options or {})))
 
 
-def drive(engine: Engine, tasks: list[Task], *, progress: Progress | None = None
-          ) -> tuple[float, dict[str, Completion]]:
+def drive(engine: Engine, tasks: list[Task], *, progress: Progress | None = None,
+          chaos: list | None = None) -> tuple[float, dict[str, Completion]]:
     """Submit every task at ``t0 + arrival_s`` and collect every completion.
 
     Returns:
@@ -93,8 +94,12 @@ def drive(engine: Engine, tasks: list[Task], *, progress: Progress | None = None
     started = getattr(engine, "started", None)
     if started is not None:
         started(t0)
+    faults = list(chaos or [])
     while len(completions) < n:
         now = time.time() - t0
+        while faults and faults[0].at_s <= now:
+            fault = faults.pop(0)
+            engine.inject_fault(fault.action, fault.index)
         due = []
         while next_index < n and order[next_index].arrival_s <= now + ARRIVAL_BATCH_WINDOW_S:
             task = order[next_index]
@@ -104,6 +109,8 @@ def drive(engine: Engine, tasks: list[Task], *, progress: Progress | None = None
         if due:
             engine.submit(due)
         next_arrival = order[next_index].arrival_s if next_index < n else math.inf
+        if faults:
+            next_arrival = min(next_arrival, faults[0].at_s)
         wait = max(0.0, min(MAX_WAIT_S, next_arrival - (time.time() - t0)))
         for completion in engine.poll(wait):
             if completion.task_id in completions:
@@ -194,7 +201,7 @@ def replay(trace, *, policy: str, slots: int, out: str | Path | None = None,
            local_schedulers: int | None = None, csv: bool = False,
            show_progress: bool = True, engine: Engine | None = None,
            model_options: dict | None = None, alerts=None, otlp_endpoint: str | None = None,
-           monitor: bool = True) -> ReplayResult:
+           monitor: bool = True, chaos: str | list[str] | None = None) -> ReplayResult:
     """Replay a trace under one policy and (optionally) write ``out/tasks.parquet`` and
     ``out/summary.json``.
 
@@ -215,6 +222,8 @@ def replay(trace, *, policy: str, slots: int, out: str | Path | None = None,
         otlp_endpoint: where the scheduler's own metrics and alert log records go (OTLP/HTTP).
         monitor: run the monitor (our policies); it writes ``out/timeseries.parquet``, and
             the decision log goes to ``out/decisions.parquet`` for ``ray-sched story``.
+        chaos: faults to inject, e.g. ``"kill-local@5s"`` (see
+            :mod:`ray_sched.control.chaos`); our policies only.
 
     Raises:
         TraceError: a bad trace. ConfigError: a bad policy, slot count or time scale.
@@ -227,9 +236,10 @@ def replay(trace, *, policy: str, slots: int, out: str | Path | None = None,
         resolve_policy(policy)
     frame, tasks = load_tasks(trace, time_scale)
     regions = sorted({t.region for t in tasks if t.region is not None}) or None
-    if policy in BASELINES and (alerts or otlp_endpoint):
-        raise ConfigError(f"--alerts and --otlp-endpoint watch ray_sched's own scheduler; "
-                          f"{policy!r} is a baseline without one")
+    faults = parse_chaos(chaos)
+    if policy in BASELINES and (alerts or otlp_endpoint or faults):
+        raise ConfigError(f"--alerts, --otlp-endpoint and --chaos act on ray_sched's own "
+                          f"scheduler; {policy!r} is a baseline without one")
     own_engine = engine is None
     if own_engine:
         engine = make_engine(policy, slots, address=address, local_schedulers=local_schedulers,
@@ -241,7 +251,9 @@ def replay(trace, *, policy: str, slots: int, out: str | Path | None = None,
     progress = Progress(f"replay {policy}", len(tasks), enabled=show_progress)
     watched: dict = {}
     try:
-        t0, completions = drive(engine, tasks, progress=progress)
+        for fault in faults:
+            engine.check_fault(fault.action, fault.index)
+        t0, completions = drive(engine, tasks, progress=progress, chaos=faults)
         output = getattr(engine, "monitor_output", None)
         if output is not None:
             watched = output()
@@ -257,6 +269,8 @@ def replay(trace, *, policy: str, slots: int, out: str | Path | None = None,
         extras["learner_checkpoint"] = learner_info.get("last_checkpoint")
         extras["learner_fallback_batches"] = learner_info.get("fallback_batches")
         extras["learner_drift_events"] = learner_info.get("stats", {}).get("drift_events")
+    if faults:
+        extras["chaos_events"] = [str(fault) for fault in faults]
     if "totals" in watched:
         extras["alerts_fired"] = len(watched["totals"]["alerts"])
         extras["lost_events"] = len(watched["totals"]["lost"])

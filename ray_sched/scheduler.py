@@ -433,6 +433,38 @@ class Scheduler:
         self._poll_alerts()
         return list(self._alerts)
 
+    def check_fault(self, action: str, index: int = 0) -> None:
+        """Refuse a fault :meth:`inject_fault` could not inject (before a replay starts).
+
+        Raises:
+            ConfigError: an unknown action, a local scheduler index out of range, or
+                ``kill-learner`` under a policy without a learner.
+        """
+        if action == "kill-local":
+            if not 0 <= index < len(self.plan):
+                raise ConfigError(f"--chaos kill-local:{index}: this scheduler has "
+                                  f"{len(self.plan)} local scheduler(s), 0..{len(self.plan) - 1}")
+        elif action == "kill-learner":
+            if not self.policy.needs_predictions:
+                raise ConfigError(f"--chaos kill-learner: policy {self.policy.name!r} has no "
+                                  f"learner (use ml)")
+        else:
+            raise ConfigError(f"--chaos: unknown action {action!r}")
+
+    def inject_fault(self, action: str, index: int = 0) -> None:
+        """Kill a part of this scheduler for good (``kill-local``, local scheduler
+        ``index``) or to be restarted (``kill-learner``); see
+        :mod:`ray_sched.control.chaos`. Recovery is the global scheduler's job."""
+        self.check_fault(action, index)
+        if action == "kill-local":
+            handles = ray.get(self._global.local_handles.remote(), timeout=30)
+            log.warning("chaos: killing local scheduler %d", index)
+            ray.kill(handles[index], no_restart=True)
+        else:
+            learner = ray.get(self._global.learner_actor.remote(), timeout=30)
+            log.warning("chaos: killing the learner (it restarts from its checkpoint)")
+            ray.kill(learner, no_restart=False)
+
     def set_epoch(self, epoch: float) -> None:
         """The wall time that the monitor's and the decision log's ``t_s`` count from."""
         self._global.set_epoch.remote(epoch)  # not awaited: the replay's clock has started

@@ -35,6 +35,8 @@ MONITOR_EVERY_S = 1.0
 SNAPSHOT_TIMEOUT_S = 2.0
 #: Node liveness (a GCS call) is checked every this many seconds.
 NODE_CHECK_EVERY_S = 2.0
+#: How long a replacement local scheduler may take to start before the next tick retries.
+REPLACEMENT_START_TIMEOUT_S = 60.0
 
 
 @ray.remote(num_cpus=0)
@@ -53,15 +55,12 @@ class GlobalScheduler:
             ).remote(**learner_options)
         self.fallback = FallbackPredictor()
         self.n_fallback_batches = 0
-        self.plan = plan
-        self.locals = [
-            LocalScheduler.options(
-                name=None,
-                scheduling_strategy=NodeAffinitySchedulingStrategy(entry["node_id"], soft=False),
-            ).remote(entry["name"], entry["node_id"], entry["slots"], ordering, me,
-                     self.learner, stages)
-            for entry in plan
-        ]
+        self.plan = [dict(entry) for entry in plan]
+        self._local_args = (ordering, me, self.learner, stages)
+        self.locals = [self._start_local(entry) for entry in self.plan]
+        self._recovering: set[int] = set()
+        self._closing = False
+        self.n_replacements = 0
         loads = [WorkerLoad(name=e["name"], slots=e["slots"], region=e.get("region"),
                             node=e["node_id"]) for e in plan]
         self.core = GlobalCore(PLACEMENTS[placement](seed=seed), loads)
@@ -82,6 +81,13 @@ class GlobalScheduler:
         self._nodes_checked = 0.0
         self.epoch = time.time()
 
+    def _start_local(self, entry: dict):
+        ordering, me, learner, stages = self._local_args
+        return LocalScheduler.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(entry["node_id"], soft=False),
+        ).remote(entry["name"], entry["node_id"], entry["slots"], ordering, me, learner,
+                 stages)
+
     async def ready(self) -> list[dict]:
         """Wait until every local scheduler (and the learner) is up; returns their descriptions."""
         described = list(await asyncio.gather(*(local.ping.remote() for local in self.locals)))
@@ -89,8 +95,8 @@ class GlobalScheduler:
             described.append({"learner": await self.learner.info.remote()})
         if self.monitor is not None:
             await self.monitor.ping.remote()
-            if self._monitor_task is None:
-                self._monitor_task = asyncio.ensure_future(self._monitor_loop())
+        if self._monitor_task is None:
+            self._monitor_task = asyncio.ensure_future(self._monitor_loop())
         return described
 
     async def warmup(self) -> None:
@@ -189,11 +195,13 @@ class GlobalScheduler:
     async def shutdown(self) -> dict | None:
         """Stop the local schedulers and the monitor (flushing its telemetry); checkpoint
         the learner. Returns the learner's info."""
+        if self._monitor_task is not None:
+            self._monitor_task.cancel()  # first: the locals killed next are not to be replaced
+            self._monitor_task = None
+        self._closing = True
         for local in self.locals:
             ray.kill(local)
         if self.monitor is not None:
-            if self._monitor_task is not None:
-                self._monitor_task.cancel()
             try:
                 await asyncio.wait_for(self.monitor.close.remote(), timeout=30)
             except Exception as error:  # noqa: BLE001 - shutting down anyway
@@ -225,7 +233,7 @@ class GlobalScheduler:
                 self._monitor_records.extend(monitor_record(c, tasks.get(c.task_id))
                                              for c in completions)
 
-    # -- the monitor's feed ---------------------------------------------------------------
+    # -- the monitor's feed and the health check ----------------------------------------
     async def _monitor_loop(self) -> None:
         next_tick = time.monotonic()
         while True:
@@ -238,20 +246,25 @@ class GlobalScheduler:
                 log.exception("monitor sample failed")
 
     async def _monitor_tick(self) -> None:
-        """Send the monitor this second's records, every local scheduler's state, the
-        learner's recent error, and any local scheduler, learner or node found lost."""
+        """Replace every local scheduler found dead; then send the monitor (when there is
+        one) this second's records, every local scheduler's state, the learner's recent
+        error, and any local scheduler, learner or node found lost."""
         now = time.time()
         states = await asyncio.gather(
             *(asyncio.wait_for(local.snapshot.remote(), SNAPSHOT_TIMEOUT_S)
               for local in self.locals), return_exceptions=True)
+        for index, state in enumerate(states):
+            if isinstance(state, ray.exceptions.RayActorError):
+                if self.monitor is not None:
+                    self._report_lost(now, "local_scheduler", self.plan[index]["name"], state)
+                await self._replace_local(index, state)
+        if self.monitor is None:
+            return
         loads = self.core.loads
         sample = []
         for index, (entry, state) in enumerate(zip(self.plan, states)):
-            if isinstance(state, ray.exceptions.RayActorError):
-                self._report_lost(now, "local_scheduler", entry["name"], state)
-                continue
             if isinstance(state, BaseException):
-                continue  # slow this second; its next snapshot counts
+                continue  # dead (replaced above) or slow this second
             state["region"] = entry.get("region") or ""
             state["backlog_predicted_s"] = float(loads.predicted_backlog_s[index])
             sample.append(state)
@@ -279,6 +292,51 @@ class GlobalScheduler:
         if name not in self._lost:
             self._lost.add(name)
             self.monitor.lost.remote(now, what, name, str(detail)[:200])
+
+    async def _replace_local(self, index: int, error: BaseException) -> None:
+        """A local scheduler died (its actor, or its node): start a replacement on a live
+        node (its own when that is alive), then place again every task it held that has no
+        recorded completion. Until the replacement is up, new tasks may still be placed on
+        the dead one; they are among those placed again."""
+        if index in self._recovering or self._closing:
+            return
+        self._recovering.add(index)
+        entry = self.plan[index]
+        try:
+            node = await self._live_node(entry["node_id"])
+            replacement = self._start_local({**entry, "node_id": node})
+            try:
+                await asyncio.wait_for(replacement.ping.remote(), REPLACEMENT_START_TIMEOUT_S)
+            except Exception as failure:  # noqa: BLE001 - the next tick tries again
+                log.error("replacement for %s did not start: %s", entry["name"], failure)
+                ray.kill(replacement)
+                return
+            self.locals[index] = replacement
+            entry["node_id"] = node
+            self.snapshots.pop(entry["name"], None)
+            self._lost.discard(entry["name"])
+            self.n_replacements += 1
+            reason = f"{entry['name']} lost ({type(error).__name__})"
+            placements = self.core.lose_worker(index, reason, replaced=True)
+            self.core.log_event("replaced", entry["name"],
+                                f"on node {node[:12]}; {len(placements)} task(s) placed again")
+            log.warning("%s was lost; replaced on node %s, %d task(s) placed again",
+                        entry["name"], node[:12], len(placements))
+            self._send(placements)
+        finally:
+            self._recovering.discard(index)
+
+    async def _live_node(self, preferred: str) -> str:
+        """``preferred`` when alive, else this actor's node, else the live node with the most
+        CPUs."""
+        nodes = await asyncio.get_running_loop().run_in_executor(None, ray.nodes)
+        alive = {n["NodeID"]: n["Resources"].get("CPU", 0.0) for n in nodes if n.get("Alive")}
+        if preferred in alive:
+            return preferred
+        here = ray.get_runtime_context().get_node_id()
+        if alive.get(here, 0.0) > 0:
+            return here
+        return max(alive, key=alive.get) if alive else here
 
     async def set_epoch(self, epoch: float) -> None:
         """The wall time the run's relative times count from (the replay's start)."""

@@ -107,22 +107,35 @@ class GlobalCore:
         return index, task
 
     # -- failure -----------------------------------------------------------------------------
-    def lose_worker(self, index: int, reason: str = "local scheduler lost"
-                    ) -> list[tuple[int, Task]]:
-        """A local scheduler is gone (its actor died, its node was lost): place elsewhere
-        every task it held that has no recorded completion. Returns the new placements.
+    def lose_worker(self, index: int, reason: str = "local scheduler lost", *,
+                    replaced: bool = False) -> list[tuple[int, Task]]:
+        """A local scheduler is gone (its actor died, its node was lost): place again every
+        task it held that has no recorded completion. Returns the new placements.
+
+        Each such task's ``attempts`` grows by one: the run it may have started there
+        counts, whether or not it had started (the global scheduler cannot know).
+
+        Args:
+            replaced: a replacement already stands at ``index`` (empty, alive), so the
+                tasks may go there too; otherwise ``index`` is marked dead.
 
         Raises:
             RuntimeError: no live local scheduler is left to place on.
         """
         now = self.clock()
-        self.loads.set_alive(index, False)
+        if not replaced:
+            self.loads.set_alive(index, False)
         held = [entry for entry in self.ledger.values()
                 if entry.state == "placed" and entry.worker == index]
         for entry in held:
             self._release_load(entry)
+            entry.task.attempts += 1
             self._log(now, entry.task.task_id, "lost", self.loads.names[index], reason)
         return [self._place(entry, now) for entry in held]
+
+    def log_event(self, event: str, target: str, reason: str = "") -> None:
+        """A decision about a local scheduler rather than a task (``task_id`` is empty)."""
+        self._log(self.clock(), "", event, target, reason)
 
     # -- completion ------------------------------------------------------------------------
     def complete(self, completions: list[Completion]
