@@ -11,7 +11,8 @@ same run. Scenarios: the synthetic ``mixed``, ``bursty``, ``drift`` and ``tree``
 arrivals stretched to the load. One time scale per scenario (the same at every load)
 shrinks arrivals and runtimes so that the arrival span at the suite's lowest load is
 ``Suite.target_span_s``. Writes ``OUT/summary.csv`` (one row per scenario x load x
-policy), ``OUT/report.md`` and, per cell, ``OUT/<scenario>/load-<L>/<policy>/`` (the
+policy), ``OUT/report.md``, ``OUT/report-<scenario>.html`` (plots of every policy at the
+highest load) and, per cell, ``OUT/<scenario>/load-<L>/<policy>/`` (the
 replay's files) and the trace under ``OUT/traces/``.
 
 **Sensitivity.** :func:`sensitivity` runs one trace on the simulator once per value of
@@ -388,8 +389,26 @@ def run_suite(suite: Suite | str, out: str | Path | None = None, *,
     frame.to_csv(out / "summary.csv", index=False)
     (out / "report.md").write_text(
         render_report(frame, suite, wall_s, time_scales, load_average, run_date) + "\n")
-    progress(f"done in {wall_s:.0f} s: {out / 'summary.csv'}, {out / 'report.md'}")
+    pages = write_html_reports(out, suite)
+    progress(f"done in {wall_s:.0f} s: {out / 'summary.csv'}, {out / 'report.md'}, "
+             + ", ".join(str(p) for p in pages))
     return frame
+
+
+def write_html_reports(out: Path, suite: Suite) -> list[Path]:
+    """``report-<scenario>.html`` per scenario: every policy at the suite's highest load
+    (where policies differ most), with the plots of :func:`ray_sched.monitor.report`."""
+    from ray_sched.monitor.report import build_report
+
+    load = max(suite.loads)
+    pages = []
+    for scenario in suite.scenarios:
+        cell = out / scenario / f"load-{load:g}"
+        if cell.is_dir():
+            pages.append(build_report(
+                [cell], out / f"report-{scenario}.html",
+                title=f"Benchmark {suite.name}: {scenario} at load {load:g}"))
+    return pages
 
 
 def _load_average() -> float | None:

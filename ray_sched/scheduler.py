@@ -224,7 +224,9 @@ class Scheduler:
         self.plan = plan_local_schedulers(nodes, self.slots, count=local_schedulers,
                                           regions=regions)
         here = ray.get_runtime_context().get_node_id()
-        options = {"scheduling_strategy": NodeAffinitySchedulingStrategy(here, soft=True)}
+        # On the driver's node for good: a soft affinity let Ray put it on a worker node,
+        # whose loss then took the whole scheduler with it (seen in the node-loss test).
+        options = {"scheduling_strategy": NodeAffinitySchedulingStrategy(here, soft=False)}
         options.update(actor_options or {})
         learner_options = None
         if self.policy.needs_predictions:

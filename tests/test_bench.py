@@ -158,6 +158,9 @@ def test_a_tiny_suite_writes_one_summary_row_per_cell_and_policy(ray_local, tmp_
     assert (summary["n_ok"] == 40).all() and len(frame) == 4
     report = (tmp_path / "bench" / "report.md").read_text()
     assert "Measured wall time" in report and "## mixed" in report and "## tree" in report
+    for scenario in ("mixed", "tree"):
+        page = (tmp_path / "bench" / f"report-{scenario}.html").read_text()
+        assert f"{scenario} at load" in page and "data:image/png;base64," in page
     assert len([line for line in lines if line.startswith("cell ")]) == 2
     assert ray_local.is_initialized()  # the caller's Ray is left running
 

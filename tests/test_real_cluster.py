@@ -99,7 +99,7 @@ def cluster():
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 5  # then SIGKILL: waiting longer only costs CI time
         while processes_under(temp_dir) and time.monotonic() < deadline:
             time.sleep(0.5)
         for pid in processes_under(temp_dir):

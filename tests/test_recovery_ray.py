@@ -30,7 +30,7 @@ def counting_engine(policy: str, *, model_dir=None, **options):
 
 @pytest.fixture(scope="module")
 def trace():
-    return generate("mixed", n=240, slots=RAY_SLOTS, load=0.8, seed=11)
+    return generate("mixed", n=150, slots=RAY_SLOTS, load=0.8, seed=11)
 
 
 def assert_each_task_once_and_ok(result, delivered, trace):
@@ -40,10 +40,11 @@ def assert_each_task_once_and_ok(result, delivered, trace):
     assert sorted(delivered) == sorted(trace["task_id"])
 
 
-@pytest.mark.parametrize("local_schedulers, chaos", [(None, "kill-local@2s"),
-                                                     (2, "kill-local:1@2s")])
-def test_a_killed_local_scheduler_loses_no_task(ray_local, trace, local_schedulers, chaos):
-    engine, delivered = counting_engine("ml", local_schedulers=local_schedulers)
+def test_a_killed_local_scheduler_loses_no_task(ray_local, trace):
+    # The only local scheduler: nowhere else to go until its replacement is up. (Two local
+    # schedulers, one lost: the node-removal test below.)
+    chaos = "kill-local@2s"
+    engine, delivered = counting_engine("ml")
     try:
         result = replay(trace, policy="ml", slots=RAY_SLOTS, engine=engine, chaos=chaos,
                         show_progress=False)
@@ -60,12 +61,12 @@ def test_a_killed_local_scheduler_loses_no_task(ray_local, trace, local_schedule
 
 
 def test_a_killed_learner_restarts_from_its_checkpoint(ray_local, trace, tmp_path):
-    # A checkpoint every 10 completions: by 5 s (about 130 arrivals) several exist.
+    # A checkpoint every 10 completions: by 3 s (about 50 arrivals) some exist.
     engine, delivered = counting_engine("ml", model_dir=str(tmp_path), checkpoint_every=10)
     scheduler = engine.scheduler
     try:
         result = replay(trace, policy="ml", slots=RAY_SLOTS, engine=engine,
-                        chaos="kill-learner@5s", show_progress=False)
+                        chaos="kill-learner@3s", show_progress=False)
         info = ray.get(scheduler._global.learner_info.remote(), timeout=60)
     finally:
         engine.close()
@@ -80,9 +81,12 @@ def test_a_removed_worker_node_loses_no_task():
     if ray.is_initialized():
         ray.shutdown()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    # The driver joins while the head is the only node, so that it is attached to the head:
+    # on one machine every node has the same address and it might pick the worker's raylet,
+    # whose removal would then take the driver's actors with it.
+    ray.init(address=cluster.address)
     worker = cluster.add_node(num_cpus=2)
     cluster.wait_for_nodes()
-    ray.init(address=cluster.address)
     try:
         frame = small_trace(120, tree_share=0.1, slots=4, mean_runtime_s=0.1)
         from ray_sched.engines import SchedulerEngine

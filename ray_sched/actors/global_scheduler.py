@@ -71,8 +71,9 @@ class GlobalScheduler:
         # The monitor, fed once a second from _monitor_loop (None: no monitoring).
         self.monitor = None
         if monitor_options is not None:
+            # On this node for good: it lives and dies with the global scheduler.
             self.monitor = MonitorActor.options(
-                scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True),
+                scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False),
             ).remote(**monitor_options)
         self._monitor_records: list[tuple] = []
         self._monitor_task: asyncio.Task | None = None
@@ -246,24 +247,33 @@ class GlobalScheduler:
                 log.exception("monitor sample failed")
 
     async def _monitor_tick(self) -> None:
-        """Replace every local scheduler found dead; then send the monitor (when there is
-        one) this second's records, every local scheduler's state, the learner's recent
-        error, and any local scheduler, learner or node found lost."""
+        """Replace every local scheduler found dead (its actor, or its node); then send the
+        monitor (when there is one) this second's records, every local scheduler's state,
+        the learner's recent error, and any local scheduler, learner or node found lost."""
         now = time.time()
         states = await asyncio.gather(
             *(asyncio.wait_for(local.snapshot.remote(), SNAPSHOT_TIMEOUT_S)
               for local in self.locals), return_exceptions=True)
-        for index, state in enumerate(states):
-            if isinstance(state, ray.exceptions.RayActorError):
-                if self.monitor is not None:
-                    self._report_lost(now, "local_scheduler", self.plan[index]["name"], state)
-                await self._replace_local(index, state)
+        dead = {index: state for index, state in enumerate(states)
+                if isinstance(state, ray.exceptions.RayActorError)}
+        if now - self._nodes_checked >= NODE_CHECK_EVERY_S:
+            # A call to an actor on a lost node can hang until Ray notices: check the nodes.
+            self._nodes_checked = now
+            nodes = await asyncio.get_running_loop().run_in_executor(None, ray.nodes)
+            alive = {n["NodeID"] for n in nodes if n.get("Alive")}
+            for index, entry in enumerate(self.plan):
+                if entry["node_id"] not in alive:
+                    self._report_lost(now, "node", entry["node_id"], "Ray reports it dead")
+                    dead.setdefault(index, RuntimeError(f"node {entry['node_id']} lost"))
+        for index, error in dead.items():
+            self._report_lost(now, "local_scheduler", self.plan[index]["name"], error)
+            await self._replace_local(index, error)
         if self.monitor is None:
             return
         loads = self.core.loads
         sample = []
         for index, (entry, state) in enumerate(zip(self.plan, states)):
-            if isinstance(state, BaseException):
+            if isinstance(state, BaseException) or index in dead:
                 continue  # dead (replaced above) or slow this second
             state["region"] = entry.get("region") or ""
             state["backlog_predicted_s"] = float(loads.predicted_backlog_s[index])
@@ -277,19 +287,19 @@ class GlobalScheduler:
             except Exception as error:  # noqa: BLE001 - dead, restarting or slow
                 if self._learner_reachable:
                     self._learner_reachable = False
-                    self.monitor.lost.remote(now, "learner", "learner", str(error)[:200])
-        if now - self._nodes_checked >= NODE_CHECK_EVERY_S:
-            self._nodes_checked = now
-            nodes = await asyncio.get_running_loop().run_in_executor(None, ray.nodes)
-            alive = {n["NodeID"] for n in nodes if n.get("Alive")}
-            for node_id in {e["node_id"] for e in self.plan} - alive:
-                self._report_lost(now, "node", node_id, "Ray reports the node dead")
+                    self._report_lost(now, "learner", "learner", error)
         records, self._monitor_records = self._monitor_records, []
-        await self.monitor.update.remote(now, records, sample, learner_error,
-                                         self.core.n_decisions)
+        try:
+            await asyncio.wait_for(self.monitor.update.remote(
+                now, records, sample, learner_error, self.core.n_decisions), SNAPSHOT_TIMEOUT_S)
+        except ray.exceptions.RayActorError as error:
+            log.warning("the monitor died (%s); it restarts without its history", error)
+        except TimeoutError:
+            log.warning("the monitor is slow: a sample was skipped")
 
     def _report_lost(self, now: float, what: str, name: str, detail) -> None:
-        if name not in self._lost:
+        """Tell the monitor (once per loss) that an actor or node is gone."""
+        if self.monitor is not None and name not in self._lost:
             self._lost.add(name)
             self.monitor.lost.remote(now, what, name, str(detail)[:200])
 
@@ -355,8 +365,11 @@ class GlobalScheduler:
         output = {"decisions": self.core.decision_frame(self.epoch)}
         if self.monitor is not None:
             await self._monitor_tick()
-            output["timeseries"] = await self.monitor.timeseries.remote()
-            output["totals"] = await self.monitor.totals.remote()
+            try:
+                output["timeseries"] = await self.monitor.timeseries.remote()
+                output["totals"] = await self.monitor.totals.remote()
+            except ray.exceptions.RayActorError as error:  # the run's results still count
+                log.warning("the monitor's output is lost: %s", error)
         return output
 
 

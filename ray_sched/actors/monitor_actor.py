@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 ALERT_SEND_TIMEOUT_S = 5.0
 
 
-@ray.remote(num_cpus=0)
+@ray.remote(num_cpus=0, max_restarts=-1)
 class MonitorActor:
     """Args:
         rules: alert rules as dicts (:meth:`AlertRule.as_dict`).
@@ -46,7 +46,8 @@ class MonitorActor:
         self.out_dir = None if out_dir is None else Path(out_dir)
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / ALERTS_FILE).write_text("")  # this run's alerts only
+            if not ray.get_runtime_context().was_current_actor_reconstructed:
+                (self.out_dir / ALERTS_FILE).write_text("")  # this run's alerts only
         self.otlp_endpoint = otlp_endpoint
         self.core = MonitorCore([AlertRule(**r) for r in rules or []],
                                 on_alert=self._on_alert,
