@@ -55,6 +55,10 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                              "trace has regions); default: one per Ray node")
     parser.add_argument("--csv", action="store_true", help="also write tasks.csv")
     parser.add_argument("--no-progress", action="store_true", help="no progress output")
+    parser.add_argument("--no-inline", action="store_true",
+                        help="launch every task as a Ray task (no hybrid path: by default a "
+                             "task predicted shorter than a launch runs on its local "
+                             "scheduler's threads)")
     _add_model_options(parser)
     group = parser.add_argument_group("monitor (ray_sched's own policies)")
     group.add_argument("--alerts", default=None, metavar="RULES.toml",
@@ -87,8 +91,11 @@ def _monitor_options(args: argparse.Namespace) -> dict:
     --otlp-endpoint."""
     from ray_sched.monitor.alerts import load_rules
 
-    return {"alerts": load_rules(args.alerts) if args.alerts else None,
-            "otlp_endpoint": args.otlp_endpoint}
+    options = {"alerts": load_rules(args.alerts) if args.alerts else None,
+               "otlp_endpoint": args.otlp_endpoint}
+    if getattr(args, "no_inline", False):
+        options["inline"] = False
+    return options
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -60,7 +60,7 @@ def make_engine(policy: str, slots: int, *, address: str | None = None,
                 monitor_options: dict | None = None) -> Engine:
     """The engine for a policy name: ours (a Scheduler), ``ray-default`` or ``dask``.
     ``monitor_options`` (ours only): ``monitor``, ``alerts``, ``monitor_dir``,
-    ``otlp_endpoint`` of :class:`ray_sched.Scheduler`."""
+    ``otlp_endpoint``, ``inline`` of :class:`ray_sched.Scheduler`."""
     if policy == "dask":
         from ray_sched.baselines.dask_engine import DaskEngine
         return DaskEngine(slots)
@@ -201,7 +201,8 @@ def replay(trace, *, policy: str, slots: int, out: str | Path | None = None,
            local_schedulers: int | None = None, csv: bool = False,
            show_progress: bool = True, engine: Engine | None = None,
            model_options: dict | None = None, alerts=None, otlp_endpoint: str | None = None,
-           monitor: bool = True, chaos: str | list[str] | None = None) -> ReplayResult:
+           monitor: bool = True, chaos: str | list[str] | None = None,
+           inline: bool = True) -> ReplayResult:
     """Replay a trace under one policy and (optionally) write ``out/tasks.parquet`` and
     ``out/summary.json``.
 
@@ -224,6 +225,8 @@ def replay(trace, *, policy: str, slots: int, out: str | Path | None = None,
             the decision log goes to ``out/decisions.parquet`` for ``ray-sched story``.
         chaos: faults to inject, e.g. ``"kill-local@5s"`` (see
             :mod:`ray_sched.control.chaos`); our policies only.
+        inline: the hybrid path (tiny tasks on the local scheduler's threads); False is
+            ``--no-inline``.
 
     Raises:
         TraceError: a bad trace. ConfigError: a bad policy, slot count or time scale.
@@ -247,7 +250,8 @@ def replay(trace, *, policy: str, slots: int, out: str | Path | None = None,
                              model_options=model_options,
                              monitor_options={"monitor": monitor, "alerts": alerts,
                                               "monitor_dir": out,
-                                              "otlp_endpoint": otlp_endpoint})
+                                              "otlp_endpoint": otlp_endpoint,
+                                              "inline": inline})
     progress = Progress(f"replay {policy}", len(tasks), enabled=show_progress)
     watched: dict = {}
     try:
@@ -256,7 +260,10 @@ def replay(trace, *, policy: str, slots: int, out: str | Path | None = None,
         t0, completions = drive(engine, tasks, progress=progress, chaos=faults)
         output = getattr(engine, "monitor_output", None)
         if output is not None:
-            watched = output()
+            try:
+                watched = output()
+            except Exception as error:  # noqa: BLE001 - the results matter more
+                log.warning("the monitor's time series and decision log are lost: %s", error)
     finally:
         if own_engine:
             engine.close()
@@ -310,7 +317,8 @@ def compare(trace, policies: list[str], *, slots: int, out: str | Path,
             address: str | None = None, time_scale: float = 1.0, seed: int | None = 0,
             local_schedulers: int | None = None, csv: bool = False,
             show_progress: bool = True, model_options: dict | None = None,
-            alerts=None, otlp_endpoint: str | None = None) -> list[ReplayResult]:
+            alerts=None, otlp_endpoint: str | None = None,
+            inline: bool = True) -> list[ReplayResult]:
     """Replay one trace under several policies, one after another on the same Ray, into
     ``out/<policy>/``; writes ``out/comparison.md`` and ``out/summary.csv``. ``alerts``
     and ``otlp_endpoint`` (see :func:`replay`) apply to our policies, not the baselines.
@@ -331,7 +339,8 @@ def compare(trace, policies: list[str], *, slots: int, out: str | Path,
                               local_schedulers=local_schedulers, csv=csv,
                               show_progress=show_progress, model_options=model_options,
                               alerts=None if policy in BASELINES else alerts,
-                              otlp_endpoint=None if policy in BASELINES else otlp_endpoint))
+                              otlp_endpoint=None if policy in BASELINES else otlp_endpoint,
+                              inline=inline))
     summaries = [r.summary for r in results]
     (out / "comparison.md").write_text(metrics.markdown_table(summaries) + "\n")
     pd.DataFrame(summaries).to_csv(out / "summary.csv", index=False)

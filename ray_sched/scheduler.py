@@ -197,6 +197,10 @@ class Scheduler:
         monitor_dir: where the monitor appends ``alerts.jsonl`` as alerts fire.
         otlp_endpoint: an OTLP/HTTP base URL (``http://host:4318``): the scheduler's own
             metrics go there through the OpenTelemetry SDK, and each alert as a log record.
+        inline: the hybrid path: a local scheduler runs a task on its own threads when
+            the task's predicted p90 is below the measured cost of launching a Ray task
+            (policies that predict; see :mod:`ray_sched.control.inline`). False: always
+            launch (``--no-inline``).
 
     Raises:
         ConfigError: an unknown policy, a baseline name, or slots that cannot be split.
@@ -210,7 +214,7 @@ class Scheduler:
                  checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
                  stages: dict[str, Callable[[], Any]] | None = None, monitor: bool = True,
                  alerts: str | Path | list | None = None, monitor_dir: str | Path | None = None,
-                 otlp_endpoint: str | None = None):
+                 otlp_endpoint: str | None = None, inline: bool = True):
         if policy in BASELINES:
             raise ConfigError(f"{policy!r} is a baseline: use ray_sched.replay.replay() or "
                               f"`ray-sched replay --policy {policy}` to measure it")
@@ -252,7 +256,7 @@ class Scheduler:
             raise ConfigError("alerts and otlp_endpoint need the monitor (monitor=True)")
         self._global = GlobalScheduler.options(**options).remote(
             self.plan, self.policy.ordering, self.policy.placement, seed, learner_options,
-            self.stages, monitor_options)
+            self.stages, monitor_options, inline)
         ray.get(self._global.ready.remote(), timeout=STARTUP_TIMEOUT_S)
         if warmup:
             ray.get(self._global.warmup.remote(), timeout=STARTUP_TIMEOUT_S)
@@ -264,6 +268,7 @@ class Scheduler:
         self._listeners: list[Callable[[list[Completion]], None]] = []
         self._closed = False
         self._alerts: list[dict] = []
+        self._alerts_lock = threading.Lock()
         self._alerts_polled = time.monotonic()
         self._pump = threading.Thread(target=self._pump_loop, name="ray-sched-pump", daemon=True)
         self._pump.start()
@@ -420,20 +425,27 @@ class Scheduler:
                     future._set(completion)
 
     def _poll_alerts(self) -> None:
-        self._alerts_polled = time.monotonic()
-        try:
-            fired = ray.get(self._global.alerts_since.remote(len(self._alerts)), timeout=10)
-        except Exception as error:  # noqa: BLE001 - alerts are best effort, tasks are not
-            log.debug("alert poll failed: %s", error)
-            return
-        for alert in fired:
-            alert_log.warning("ALERT %s", alert["message"])
-        self._alerts.extend(fired)
+        with self._alerts_lock:  # the pump thread and alerts() callers poll alike
+            self._alerts_polled = time.monotonic()
+            try:
+                fired = ray.get(self._global.alerts_since.remote(len(self._alerts)),
+                                timeout=10)
+            except Exception as error:  # noqa: BLE001 - alerts are best effort, tasks not
+                log.debug("alert poll failed: %s", error)
+                return
+            for alert in fired:
+                alert_log.warning("ALERT %s", alert["message"])
+            self._alerts.extend(fired)
 
     def alerts(self) -> list[dict]:
         """Alerts fired so far (the lines of ``alerts.jsonl``), oldest first."""
         self._poll_alerts()
         return list(self._alerts)
+
+    def inline_stats(self) -> dict:
+        """Per local scheduler: the launch cost learnt, tasks run inline and remote, and
+        the bounded history of mode switches with their reasons."""
+        return ray.get(self._global.inline_stats.remote(), timeout=30)
 
     def check_fault(self, action: str, index: int = 0) -> None:
         """Refuse a fault :meth:`inject_fault` could not inject (before a replay starts).

@@ -10,7 +10,7 @@ import pytest
 
 from ray_sched.errors import AlertRulesError
 from ray_sched.monitor.alerts import AlertRule, load_rules, parse_rules
-from ray_sched.monitor.core import MonitorCore, Series
+from ray_sched.monitor.core import SERIES_COLUMNS, MonitorCore, Series
 from ray_sched.monitor.energy import EnergyModel
 
 pytestmark = pytest.mark.unit
@@ -40,7 +40,8 @@ def record(finish, jct=1.0, *, ok=True, missed=math.nan, region="", error=math.n
 
 def local(name, queued, *, region="", running=0, busy=0.0, slots=4.0):
     return {"name": name, "region": region, "queued": queued, "running": running,
-            "busy_cpu": busy, "slots": slots, "backlog_predicted_s": 0.0}
+            "busy_cpu": busy, "slots": slots, "backlog_predicted_s": 0.5 * queued,
+            "backlog_actual_s": 0.4 * queued}
 
 
 # -- rules files ---------------------------------------------------------------------------
@@ -163,10 +164,10 @@ def test_a_rule_with_too_little_data_stays_silent():
 def test_a_series_stays_bounded_keeps_recent_points_and_the_completed_sum():
     series = Series("cluster", "", max_points=100)
     for second in range(10_000):
-        series.append(float(second), (1.0, 0, 0, 1, 0, 0, 1.0, 0, 0, 0))
+        series.append(float(second), (1.0, 0, 0, 1, 0, 0, 0, 1.0, 0, 0, 0))
     assert len(series.rows) <= 100
     assert series.times[-1] == 9999.0 and series.times[-2] == 9998.0
-    assert sum(row[6] for row in series.rows) == pytest.approx(10_000)
+    assert sum(row[7] for row in series.rows) == pytest.approx(10_000)
     assert series.times == sorted(series.times)
 
 
@@ -189,6 +190,9 @@ def test_timeseries_has_every_scope_with_times_from_the_epoch():
     assert cluster["completed"].tolist() == [4, 0]
     assert cluster["utilization"].iloc[0] == pytest.approx(0.75)
     assert frame.loc[frame["scope"] == "a", "region"].tolist() == ["eu", "eu"]
+    assert cluster["backlog_predicted_s"].tolist() == [1.0, 0.0]
+    assert cluster["backlog_actual_s"].tolist() == pytest.approx([0.8, 0.0])
+    assert list(frame.columns) == list(SERIES_COLUMNS)
 
 
 # -- energy ----------------------------------------------------------------------------------

@@ -509,3 +509,22 @@ def test_without_alerts_the_page_says_none_were_recorded(report):
     _, page = report
     assert "No alerts were recorded" in page.text
     assert "alerts-table" not in page.tables
+
+
+def test_per_kind_breakdown_matches_an_independent_computation(report, two_runs):
+    from ray_sched.monitor.report import kind_breakdown
+    _, frame = two_runs["fifo"]
+    assert list(kind_breakdown(frame).index) == ["default"]   # no kind column
+    frame = frame.assign(kind=[("etl", "logs", "metrics")[i % 3] for i in range(len(frame))])
+    table = kind_breakdown(frame)
+    ok = frame[frame["status"] == "ok"]
+    assert list(table.index) == ["etl", "logs", "metrics"]
+    for kind, group in ok.groupby("kind"):
+        jcts = (group["finish_s"] - group["arrival_s"]).to_numpy()
+        assert table.loc[kind, "n_ok"] == len(group)
+        assert table.loc[kind, "jct_mean_s"] == pytest.approx(jcts.mean())
+        assert table.loc[kind, "jct_p95_s"] == pytest.approx(np.percentile(jcts, 95))
+        assert table.loc[kind, "slowdown_mean"] == pytest.approx(
+            (jcts / group["runtime_s"].to_numpy()).mean())
+    _, page = report
+    assert 'id="kind-table"' in page.text and ">default<" in page.text

@@ -43,7 +43,7 @@ REPLACEMENT_START_TIMEOUT_S = 60.0
 class GlobalScheduler:
     def __init__(self, plan: list[dict], ordering: str, placement: str, seed: int | None = 0,
                  learner_options: dict | None = None, stages: dict | None = None,
-                 monitor_options: dict | None = None):
+                 monitor_options: dict | None = None, inline: bool = True):
         me = ray.get_runtime_context().current_actor
         here = ray.get_runtime_context().get_node_id()
         # The learner, when the policy needs predictions; the fallback serves while it
@@ -56,7 +56,7 @@ class GlobalScheduler:
         self.fallback = FallbackPredictor()
         self.n_fallback_batches = 0
         self.plan = [dict(entry) for entry in plan]
-        self._local_args = (ordering, me, self.learner, stages)
+        self._local_args = (ordering, me, self.learner, stages, inline)
         self.locals = [self._start_local(entry) for entry in self.plan]
         self._recovering: set[int] = set()
         self._closing = False
@@ -83,11 +83,11 @@ class GlobalScheduler:
         self.epoch = time.time()
 
     def _start_local(self, entry: dict):
-        ordering, me, learner, stages = self._local_args
+        ordering, me, learner, stages, inline = self._local_args
         return LocalScheduler.options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(entry["node_id"], soft=False),
         ).remote(entry["name"], entry["node_id"], entry["slots"], ordering, me, learner,
-                 stages)
+                 stages, inline)
 
     async def ready(self) -> list[dict]:
         """Wait until every local scheduler (and the learner) is up; returns their descriptions."""
@@ -171,6 +171,11 @@ class GlobalScheduler:
 
     async def story(self, task_id: str) -> list[dict]:
         return self.core.story(task_id)
+
+    async def inline_stats(self) -> dict:
+        """Each local scheduler's hybrid-execution stats, by name."""
+        stats = await asyncio.gather(*(local.inline_stats.remote() for local in self.locals))
+        return {entry["name"]: one for entry, one in zip(self.plan, stats)}
 
     async def local_handles(self) -> list:
         """The LocalScheduler actors' handles, in plan order (for fault injection)."""
@@ -277,6 +282,7 @@ class GlobalScheduler:
                 continue  # dead (replaced above) or slow this second
             state["region"] = entry.get("region") or ""
             state["backlog_predicted_s"] = float(loads.predicted_backlog_s[index])
+            state["backlog_actual_s"] = float(loads.true_backlog_s[index])
             sample.append(state)
         learner_error = None
         if self.learner is not None:
@@ -284,6 +290,7 @@ class GlobalScheduler:
                 learner_error = await asyncio.wait_for(self.learner.recent_error.remote(),
                                                        MONITOR_EVERY_S)
                 self._learner_reachable = True
+                self._lost.discard("learner")  # back: its next loss is reported again
             except Exception as error:  # noqa: BLE001 - dead, restarting or slow
                 if self._learner_reachable:
                     self._learner_reachable = False

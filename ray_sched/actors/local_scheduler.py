@@ -10,12 +10,20 @@ arrives in one event-loop turn goes in one call).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import time
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from ray_sched.actors.execute import StageActor, run_synthetic, run_user_call, warm_workers
+from ray_sched.actors.execute import (
+    StageActor,
+    run_inline,
+    run_synthetic,
+    run_user_call,
+    warm_workers,
+)
+from ray_sched.control.inline import InlineDecider
 from ray_sched.policies import ORDERINGS
 from ray_sched.policies.learned import REFRESH_EVERY_S, REFRESH_MAX_TASKS
 from ray_sched.policies.local import LocalCore
@@ -25,7 +33,7 @@ from ray_sched.task import Completion, Task, without_payload
 @ray.remote(num_cpus=0)
 class LocalScheduler:
     def __init__(self, name: str, node_id: str, slots: float, ordering: str, global_handle,
-                 learner=None, stages: dict | None = None):
+                 learner=None, stages: dict | None = None, inline: bool = True):
         self.name = name
         self._learner = learner  # re-predicts queued tasks for orderings that use predictions
         self._refresher: asyncio.Task | None = None
@@ -40,6 +48,11 @@ class LocalScheduler:
         self._stage_factories = dict(stages or {})
         self._stage_actors: dict[str, list] = {}   # every actor of each stage
         self._stage_free: dict[str, list] = {}     # those not running a task now
+        # Hybrid execution: tasks predicted shorter than a Ray launch run on these threads
+        # (one per slot: the core never runs more tasks than slots).
+        self._inline = InlineDecider(enabled=inline)
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=max(1, int(slots)), thread_name_prefix=f"{name}-inline")
 
     def _stage_pool(self, stage: str) -> list:
         free = self._stage_free.get(stage)
@@ -108,11 +121,21 @@ class LocalScheduler:
             self._launchers[key] = launcher
         return launcher
 
+    async def inline_stats(self) -> dict:
+        """The hybrid path: launch cost learnt, tasks run inline and remote, mode switches."""
+        return {**self._inline.stats(), "history": self._inline.history()}
+
     def _dispatch(self) -> None:
         for task in self.core.next_runnable():
             task.attempts += 1
             cpu = min(task.cpu, self.core.slots)
             actor = None
+            if task.stage is None and self._inline.choose(task.kind, task.predicted_p90_s):
+                launched = time.time()
+                future = asyncio.get_running_loop().run_in_executor(
+                    self._pool, run_inline, task.payload, task.runtime_s)
+                self._track(self._watch_inline(task, future, launched))
+                continue
             if task.stage is not None:
                 free = self._stage_pool(task.stage)
                 # One actor per slot, so one is free unless a task takes more than one slot.
@@ -124,26 +147,49 @@ class LocalScheduler:
                 value_ref = None
             else:
                 meta_ref, value_ref = self._launcher("call", cpu).remote(task.payload)
-            watcher = asyncio.ensure_future(
-                self._watch(task, meta_ref, value_ref, time.time(), actor))
-            self._watchers.add(watcher)
-            watcher.add_done_callback(self._watchers.discard)
+            self._track(self._watch(task, meta_ref, value_ref, time.time(), actor))
+
+    def _track(self, coroutine) -> None:
+        watcher = asyncio.ensure_future(coroutine)
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
+
+    def _completion(self, task: Task, launched_wall: float, value_ref=None) -> Completion:
+        return Completion(task.task_id, "ok", worker=self.name, node=self.node_id,
+                          attempts=task.attempts, value_ref=value_ref,
+                          queued_wall=task.queued_wall, launched_wall=launched_wall)
 
     async def _watch(self, task: Task, meta_ref, value_ref, launched_wall: float,
                      actor=None) -> None:
-        completion = Completion(task.task_id, "ok", worker=self.name, node=self.node_id,
-                                attempts=task.attempts, value_ref=value_ref,
-                                queued_wall=task.queued_wall, launched_wall=launched_wall)
+        completion = self._completion(task, launched_wall, value_ref)
         try:
-            meta = await meta_ref
-            completion.start_wall, completion.finish_wall = meta[0], meta[1]
-            if len(meta) > 2 and meta[2]:
-                completion.status, completion.error = "failed", meta[2]
+            self._apply(completion, await meta_ref)
+            if actor is None:  # a Ray task launch: what running inline would have saved
+                self._inline.observe_launch(completion.start_wall - launched_wall)
         except Exception as error:  # noqa: BLE001 - a lost worker or a Ray error: report it
             completion.status = "failed"
             completion.error = f"{type(error).__name__}: {error}"[:2000]
         if actor is not None and actor not in self._stage_free[task.stage]:
             self._stage_free[task.stage].append(actor)
+        self._done(task, completion)
+
+    async def _watch_inline(self, task: Task, future, launched_wall: float) -> None:
+        completion = self._completion(task, launched_wall)
+        try:
+            meta, completion.value_ref = await future
+            self._apply(completion, meta)
+        except Exception as error:  # noqa: BLE001 - e.g. the payload could not be fetched
+            completion.status = "failed"
+            completion.error = f"{type(error).__name__}: {error}"[:2000]
+        self._done(task, completion)
+
+    @staticmethod
+    def _apply(completion: Completion, meta: tuple) -> None:
+        completion.start_wall, completion.finish_wall = meta[0], meta[1]
+        if len(meta) > 2 and meta[2]:
+            completion.status, completion.error = "failed", meta[2]
+
+    def _done(self, task: Task, completion: Completion) -> None:
         self.core.finish(task.task_id)
         self._outbox.append(completion)
         self._dispatch()

@@ -25,8 +25,8 @@ DEFAULT_MAX_POINTS = 3600
 SERIES_WINDOW_S = 10.0
 #: Columns of ``timeseries.parquet`` (one row per sample per scope).
 SERIES_COLUMNS = ("t_s", "scope", "region", "queued", "running", "busy_cpu", "slots",
-                  "utilization", "backlog_predicted_s", "completed", "throughput_tps",
-                  "jct_p99_window_s", "learner_mae_log")
+                  "utilization", "backlog_predicted_s", "backlog_actual_s", "completed",
+                  "throughput_tps", "jct_p99_window_s", "learner_mae_log")
 #: Columns that add up when two points merge (the others average).
 _SUMMED = frozenset({"completed"})
 _NUMERIC = SERIES_COLUMNS[3:]
@@ -163,17 +163,20 @@ class MonitorCore:
     def sample(self, now: float, locals_: Sequence[dict], *,
                learner_mae_log: float | None = None) -> list[Alert]:
         """The state once a second: one dict per local scheduler with ``name``, ``region``,
-        ``queued``, ``running``, ``busy_cpu``, ``slots`` and ``backlog_predicted_s``.
+        ``queued``, ``running``, ``busy_cpu``, ``slots``, ``backlog_predicted_s`` and
+        ``backlog_actual_s`` (slot-seconds of work placed there and not finished, by
+        predicted and by true runtimes; the true ones are known in replays only).
         Appends a point to each scope's series (the cluster's too) and judges the rules.
 
         Returns:
             the alerts that fired now (also passed to ``on_alert``).
         """
-        totals = np.zeros(5)
+        totals = np.zeros(6)
         for state in locals_:
             values = np.array([state.get("queued", 0), state.get("running", 0),
                                state.get("busy_cpu", 0.0), state.get("slots", 0.0),
-                               state.get("backlog_predicted_s", 0.0)], dtype=float)
+                               state.get("backlog_predicted_s", 0.0),
+                               state.get("backlog_actual_s", math.nan)], dtype=float)
             totals += values
             self._point(now, state["name"], state.get("region") or "", values)
         interval = None if self.last_sample_wall is None else now - self.last_sample_wall
@@ -197,10 +200,10 @@ class MonitorCore:
         series = self.series.get(scope)
         if series is None:
             series = self.series[scope] = Series(scope, region, self.max_points)
-        queued, running, busy, slots, backlog = values
+        queued, running, busy, slots, backlog, actual = values
         utilization = busy / slots if slots else math.nan
-        series.append(now, (queued, running, busy, slots, utilization, backlog, completed,
-                            throughput, jct_p99, learner))
+        series.append(now, (queued, running, busy, slots, utilization, backlog, actual,
+                            completed, throughput, jct_p99, learner))
 
     # -- windows -----------------------------------------------------------------------------
     def _window_column(self, now: float, window_s: float, column: str, *,

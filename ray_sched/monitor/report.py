@@ -1047,6 +1047,47 @@ def _summary_table(runs: list[RunData], colors: list[Any],
             f"{_MISSING} = not recorded.</p>")
 
 
+def kind_breakdown(results: pd.DataFrame) -> pd.DataFrame:
+    """Per kind over ok tasks: ``n_ok``, ``jct_mean_s``, ``jct_p95_s``, ``slowdown_mean``
+    (JCT / runtime as in the summary; index: kind, "default" where the results carry none)."""
+    ok = _ok(results)
+    kinds = (results["kind"].fillna("default").astype(str).to_numpy()[ok]
+             if "kind" in results.columns else np.full(int(ok.sum()), "default"))
+    runtime, measured = _column(results, "runtime_s"), _column(results, "measured_runtime_s")
+    denominator = np.where(runtime > 0, runtime, measured)[ok]
+    jct = _jct(results)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        slowdown = np.where(denominator > 0, jct / denominator, np.nan)
+    grouped = pd.DataFrame({"kind": kinds, "jct": jct, "slowdown": slowdown}).groupby(
+        "kind", sort=True)
+    return pd.DataFrame({"n_ok": grouped["jct"].size(), "jct_mean_s": grouped["jct"].mean(),
+                         "jct_p95_s": grouped["jct"].quantile(0.95),
+                         "slowdown_mean": grouped["slowdown"].mean()})
+
+
+def _kinds_table(runs: list[RunData]) -> str:
+    tables = [kind_breakdown(run.results) for run in runs]
+    kinds = sorted(set().union(*(t.index for t in tables)))
+    header = ['<th class="run">kind</th>'] + [
+        f"<th>{_escape(run.label)}<br>JCT mean / p95 (s), slowdown</th>" for run in runs]
+    rows = []
+    for kind in kinds:
+        cells = [f'<th class="run">{_escape(kind)}</th>']
+        for table in tables:
+            if kind not in table.index:
+                cells.append(f"<td>{_MISSING}</td>")
+                continue
+            row = table.loc[kind]
+            slowdown = row.get("slowdown_mean", np.nan)
+            cells.append(f"<td>{_number(row['jct_mean_s'])} / {_number(row['jct_p95_s'])}, "
+                         f"{_number(slowdown) if np.isfinite(slowdown) else _MISSING}x "
+                         f"(n={int(row['n_ok'])})</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return ('<h3 id="kinds">Per kind</h3><div class="table-wrap"><table id="kind-table">\n'
+            "<thead><tr>" + "".join(header) + "</tr></thead>\n<tbody>\n" + "\n".join(rows)
+            + "\n</tbody></table></div>\n")
+
+
 def _alert_value(alert: dict[str, Any], key: str) -> str:
     value = alert.get(key)
     number = _finite(value) if not isinstance(value, str) else None
@@ -1202,7 +1243,7 @@ def build_report(run_dirs: Sequence[str | Path], out: str | Path, *, title: str 
         _plot_energy(runs, colors, estimates, model),
     ]
     sections = [f'<section><h2 id="summary">1. Summary</h2>'
-                f"{_summary_table(runs, colors, estimates)}</section>"]
+                f"{_summary_table(runs, colors, estimates)}{_kinds_table(runs)}</section>"]
     sections += [_figure_html(number, plot) for number, plot in enumerate(plots, start=2)]
     sections.append(f'<section><h2 id="alerts">{len(plots) + 2}. Alerts</h2>'
                     f"{_alerts_section(runs)}</section>")
