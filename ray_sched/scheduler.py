@@ -142,14 +142,11 @@ def _alert_rules(alerts) -> list:
 
 
 def _otlp_endpoint(endpoint: str | None) -> str | None:
-    if endpoint is None:
-        return None
-    from urllib.parse import urlparse
+    """The endpoint, checked at start (ConfigError naming it) rather than in the monitor."""
+    if endpoint is not None:
+        from ray_sched.monitor.telemetry import metrics_url
 
-    parsed = urlparse(endpoint)
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise ConfigError(f"otlp_endpoint must be an http(s) URL such as "
-                          f"http://127.0.0.1:4318, got {endpoint!r}")
+        metrics_url(endpoint)
     return endpoint
 
 

@@ -212,3 +212,10 @@ def test_energy_model_refuses_negative_watts():
     from ray_sched.errors import ConfigError
     with pytest.raises(ConfigError, match="busy_core_w must be a finite number >= 0"):
         EnergyModel(busy_core_w=-1)
+
+
+def test_an_endpoint_given_with_a_signal_path_serves_every_signal():
+    from ray_sched.monitor.telemetry import metrics_url, otlp_url
+    assert otlp_url("http://h:4318/v1/metrics", "/v1/logs") == "http://h:4318/v1/logs"
+    assert otlp_url("http://h:4318/", "/v1/logs") == "http://h:4318/v1/logs"
+    assert metrics_url("http://h:4318/v1/metrics") == "http://h:4318/v1/metrics"

@@ -130,6 +130,7 @@ def send_alert_log(endpoint: str, alert: Alert) -> bool:
     from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
     from opentelemetry.proto.logs.v1.logs_pb2 import SEVERITY_NUMBER_WARN
 
+    from ray_sched.monitor.telemetry import otlp_url
     from ray_sched.otlp.forward import key_values
 
     request = ExportLogsServiceRequest()
@@ -148,8 +149,7 @@ def send_alert_log(endpoint: str, alert: Alert) -> bool:
         "alert.metric": alert.metric, "alert.value": alert.value,
         "alert.threshold": alert.threshold, "alert.op": alert.op,
         "alert.scope": alert.scope}))
-    url = endpoint.rstrip("/")
-    url = url if url.endswith("/v1/logs") else url + "/v1/logs"
+    url = otlp_url(endpoint, "/v1/logs")
     try:
         with urllib.request.urlopen(urllib.request.Request(
                 url, data=request.SerializeToString(), method="POST",

@@ -232,8 +232,9 @@ class SelfTelemetry:
         return self._ray
 
 
-def metrics_url(endpoint: str) -> str:
-    """The OTLP/HTTP metrics URL of a base URL (or of a URL that already ends in /v1/metrics).
+def otlp_url(endpoint: str, path: str) -> str:
+    """The OTLP/HTTP URL of one signal (``path``: ``/v1/metrics``, ``/v1/logs``) from a base
+    URL, or from a URL that already ends in a signal's path (replaced by ``path``).
 
     Raises:
         ConfigError: not an http(s) URL with a host.
@@ -249,7 +250,16 @@ def metrics_url(endpoint: str) -> str:
         raise ConfigError(f"endpoint must be an http(s) URL with a host, such as "
                           f"http://127.0.0.1:4318, got {endpoint!r}")
     url = endpoint.rstrip("/")
-    return url if url.endswith(METRICS_PATH) else url + METRICS_PATH
+    for known in (METRICS_PATH, "/v1/logs", "/v1/traces"):
+        if url.endswith(known):
+            url = url[:-len(known)]
+            break
+    return url + path
+
+
+def metrics_url(endpoint: str) -> str:
+    """The OTLP/HTTP metrics URL of ``endpoint`` (see :func:`otlp_url`)."""
+    return otlp_url(endpoint, METRICS_PATH)
 
 
 @dataclass(frozen=True)
