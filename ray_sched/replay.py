@@ -264,6 +264,7 @@ def replay(trace, *, policy: str, slots: int, out: str | Path | None = None,
                 watched = output()
             except Exception as error:  # noqa: BLE001 - the results matter more
                 log.warning("the monitor's time series and decision log are lost: %s", error)
+        hybrid = _hybrid_totals(engine)
     finally:
         if own_engine:
             engine.close()
@@ -276,6 +277,7 @@ def replay(trace, *, policy: str, slots: int, out: str | Path | None = None,
         extras["learner_checkpoint"] = learner_info.get("last_checkpoint")
         extras["learner_fallback_batches"] = learner_info.get("fallback_batches")
         extras["learner_drift_events"] = learner_info.get("stats", {}).get("drift_events")
+    extras.update(hybrid)
     if faults:
         extras["chaos_events"] = [str(fault) for fault in faults]
     if "totals" in watched:
@@ -285,6 +287,23 @@ def replay(trace, *, policy: str, slots: int, out: str | Path | None = None,
     if result.out_dir is not None:
         write_monitor_files(result.out_dir, watched)
     return result
+
+
+def _hybrid_totals(engine) -> dict:
+    """Tasks run inline and remote, and the mean launch cost learnt, over every local
+    scheduler (empty for engines without the hybrid path)."""
+    stats = getattr(getattr(engine, "scheduler", None), "inline_stats", None)
+    if stats is None:
+        return {}
+    try:
+        by_local = stats().values()
+    except Exception as error:  # noqa: BLE001 - the results matter more
+        log.warning("hybrid-execution stats unavailable: %s", error)
+        return {}
+    costs = [one["launch_cost_s"] for one in by_local if one["launches_measured"]]
+    return {"inline_tasks": sum(one["inline"] for one in by_local),
+            "remote_tasks": sum(one["remote"] for one in by_local),
+            "launch_cost_s": sum(costs) / len(costs) if costs else None}
 
 
 def write_monitor_files(out_dir: Path, watched: dict) -> None:

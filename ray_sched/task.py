@@ -42,6 +42,7 @@ class Task:
     predicted_runtime_s: float | None = None   # the learner's p50
     predicted_p90_s: float | None = None
     predicted_mean_s: float | None = None
+    latest_p90_s: float | None = None  # re-predicted while queued (drives inline vs remote)
     priority_declared: bool = True     # False: the trace left it empty, the learner predicts it
     effective_priority: float | None = None  # declared, or predicted when not declared
     payload: Any = None                # an ObjectRef of (fn, args, kwargs) for API tasks

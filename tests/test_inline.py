@@ -81,3 +81,24 @@ def test_tiny_tasks_run_inline_once_learnt_and_results_are_the_same(ray_local, i
     else:
         assert stats["inline"] == 0 and stats["remote"] == 121
         assert all(h["reason"] == "disabled" for h in stats["history"])
+
+
+@pytest.mark.ray
+def test_a_replay_summary_counts_tasks_run_inline_and_remote(ray_local, tmp_path):
+    import json
+
+    import pandas as pd
+
+    from ray_sched.replay import replay
+    from tests.conftest import RAY_SLOTS
+
+    n = 400
+    trace = pd.DataFrame({"task_id": [f"t{i}" for i in range(n)],
+                          "arrival_s": [i * 0.004 for i in range(n)],
+                          "runtime_s": 0.001, "kind": "tiny", "tenant": "a"})
+    result = replay(trace, policy="ml", slots=RAY_SLOTS, show_progress=False, out=tmp_path,
+                    model_options={"fresh": True, "model_dir": None})
+    summary = json.loads((result.out_dir / "summary.json").read_text())
+    assert summary["n_ok"] == n
+    assert summary["inline_tasks"] + summary["remote_tasks"] == n
+    assert summary["inline_tasks"] > 0 and summary["launch_cost_s"] > 0

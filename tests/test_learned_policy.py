@@ -352,6 +352,28 @@ def test_refresh_reorders_queued_tasks_by_new_predictions_without_touching_the_t
     queue.refresh(["b", "a", "gone"], [0.1, 5.0, 1.0], [0.2, 9.0, 2.0], [0.1, 5.0, 1.0])
     assert queue.peek(0.0).task_id == "b"
     assert a.predicted_runtime_s == 1.0 and b.predicted_runtime_s == 2.0  # as placed
+    assert (a.latest_p90_s, b.latest_p90_s) == (9.0, 0.2)  # what decides inline vs remote
+
+
+@pytest.mark.parametrize("k", [1, 3, 7, 20])
+def test_first_gives_the_same_order_as_successive_pops(k):
+    ordering = LearnedOrdering(fairness_weight=0)
+    tasks = [predicted(f"t{i}", mean_s=(i * 7) % 11 + 0.5, seq=i, priority=i % 3,
+                       submitted_at=float(i % 4)) for i in range(12)]
+    heads = [t.task_id for t in queue_of(*tasks, ordering=ordering).first(k, now=5.0)]
+    assert heads == drained_ids(queue_of(*tasks, ordering=ordering), now=5.0)[:k]
+
+
+def test_a_local_core_fills_every_free_slot_in_order_from_one_pass():
+    from ray_sched.policies.local import LocalCore
+
+    core = LocalCore("l", 3, LearnedOrdering(fairness_weight=0, age_weight=0),
+                     clock=lambda: 0.0)
+    core.enqueue([predicted(f"t{i}", mean_s=m, seq=i) for i, m in enumerate([5, 1, 3, 2, 4])])
+    assert [t.task_id for t in core.next_runnable()] == ["t1", "t3", "t2"]
+    assert core.next_runnable() == []
+    core.finish("t3")
+    assert [t.task_id for t in core.next_runnable()] == ["t4"]
 
 
 def test_simulation_with_refresh_keeps_every_task_and_the_predictions_made_at_placement():

@@ -130,7 +130,8 @@ class LocalScheduler:
             task.attempts += 1
             cpu = min(task.cpu, self.core.slots)
             actor = None
-            if task.stage is None and self._inline.choose(task.kind, task.predicted_p90_s):
+            p90 = task.latest_p90_s if task.latest_p90_s is not None else task.predicted_p90_s
+            if task.stage is None and self._inline.choose(task.kind, p90):
                 launched = time.time()
                 future = asyncio.get_running_loop().run_in_executor(
                     self._pool, run_inline, task.payload, task.runtime_s)
@@ -164,8 +165,11 @@ class LocalScheduler:
         completion = self._completion(task, launched_wall, value_ref)
         try:
             self._apply(completion, await meta_ref)
-            if actor is None:  # a Ray task launch: what running inline would have saved
-                self._inline.observe_launch(completion.start_wall - launched_wall)
+            if actor is None:
+                # What running inline would have saved: the time the remote path added to
+                # the work itself, from the launch to the result being back here.
+                self._inline.observe_launch(time.time() - launched_wall
+                                            - (completion.finish_wall - completion.start_wall))
         except Exception as error:  # noqa: BLE001 - a lost worker or a Ray error: report it
             completion.status = "failed"
             completion.error = f"{type(error).__name__}: {error}"[:2000]
@@ -192,13 +196,15 @@ class LocalScheduler:
     def _done(self, task: Task, completion: Completion) -> None:
         self.core.finish(task.task_id)
         self._outbox.append(completion)
-        self._dispatch()
         if not self._flush_pending:
+            # Once per event-loop turn: every slot freed in this turn is filled by one
+            # pass over the queue, and every completion goes in one call.
             self._flush_pending = True
             asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_pending = False
+        self._dispatch()
         batch, self._outbox = self._outbox, []
         if batch:
             self._global.completed.remote(self.name, batch, vars_of(self.core.snapshot()))

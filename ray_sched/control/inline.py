@@ -2,8 +2,9 @@
 when it is predicted to take less time than launching it as a Ray task would cost.
 
 Plain Python with an injectable clock; the LocalScheduler actor asks :meth:`choose` per
-task and reports every remote launch's measured cost (from its launch to its start on a
-worker) with :meth:`observe_launch`. The threshold is that cost, learnt online, so it
+task and reports every remote launch's measured cost with :meth:`observe_launch`: the time
+the remote path added to the work itself, from the launch to the result being back at the
+local scheduler (the start latency, plus the result's way back). The threshold is that cost, learnt online, so it
 follows the machine: a loaded node launches slower and keeps more tasks inline.
 """
 
@@ -67,7 +68,8 @@ class InlineDecider:
         self._history: deque[ModeSwitch] = deque(maxlen=HISTORY_SIZE)
 
     def observe_launch(self, cost_s: float) -> None:
-        """A remote task started ``cost_s`` seconds after its launch."""
+        """A remote task's result came back ``cost_s`` seconds later than its work alone
+        would have taken."""
         if cost_s < 0 or cost_s != cost_s:
             return  # clocks of two processes: a negative gap is noise
         self.n_launches_ += 1

@@ -127,12 +127,14 @@ class ScoredQueue:
 
     def refresh(self, task_ids: list[str], p50_s, p90_s, mean_s) -> None:
         """New runtime predictions for queued tasks (the learner has learned since they were
-        queued); ids no longer queued are skipped. The tasks themselves keep the prediction
-        made before placement, which is what results report."""
+        queued); ids no longer queued are skipped. The tasks keep the prediction made
+        before placement, which is what results report, and carry the new p90 as
+        ``latest_p90_s`` (what decides inline or remote execution)."""
         for task_id, p50, p90, mean in zip(task_ids, p50_s, p90_s, mean_s):
             row = self._row.get(task_id)
             if row is not None:
                 self._write_runtime(row, float(p50), float(p90), float(mean))
+                self._tasks[row].latest_p90_s = float(p90)
 
     def _write_predictions(self, row: int, task: Task) -> None:
         p50 = task.predicted_runtime_s or FALLBACK_RUNTIME_S
@@ -172,6 +174,23 @@ class ScoredQueue:
         if now is None:
             now = float(self._arrays["enqueued"][: self._n].max())
         rows = np.argpartition(self._scores(now), k)[:k]
+        return [self._tasks[int(row)] for row in rows]
+
+    def first(self, k: int, now: float | None = None) -> list[Task]:
+        """The (up to) ``k`` tasks that would run first at time ``now``, in order: one
+        scoring pass serves every slot that freed at once."""
+        if not self._n:
+            return []
+        if now is None:
+            now = float(self._arrays["enqueued"][: self._n].max())
+        if self._n == 1:
+            return [self._tasks[0]]
+        scores = self._scores(now)
+        if k < self._n:
+            rows = np.argpartition(scores, k)[:k]
+            rows = rows[np.argsort(scores[rows], kind="stable")]
+        else:
+            rows = np.argsort(scores, kind="stable")
         return [self._tasks[int(row)] for row in rows]
 
     def pop(self, now: float | None = None) -> Task:

@@ -72,15 +72,23 @@ class LocalCore:
                 started.append(task)
             return started
         now = self.clock()
-        while len(self.queue):
-            head = self.queue.peek(now)
-            demand = self._demand(head)
-            if self.busy_cpu + demand > self.slots + 1e-9:
+        # The heads in order, scored once for every slot free now (+1: a task may need
+        # less than a slot); strict order: the first that does not fit stops the start.
+        while len(queue):
+            free = self.slots - self.busy_cpu
+            heads = queue.first(max(1, int(free + 1e-9)) + 1, now)
+            blocked = False
+            for head in heads:
+                demand = self._demand(head)
+                if self.busy_cpu + demand > self.slots + 1e-9:
+                    blocked = True
+                    break
+                queue.remove(head.task_id)
+                self.busy_cpu += demand
+                self.running[head.task_id] = head
+                started.append(head)
+            if blocked or not heads:
                 break
-            self.queue.remove(head.task_id)
-            self.busy_cpu += demand
-            self.running[head.task_id] = head
-            started.append(head)
         return started
 
     def finish(self, task_id: str) -> Task | None:

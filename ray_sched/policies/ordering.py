@@ -129,6 +129,12 @@ class TaskQueue:
         self._drop_dead()
         return self._heap[0][-1] if self._heap else None
 
+    def first(self, k: int, now: float | None = None) -> list[Task]:
+        """The tasks that run first, in order: here only the head (up to ``k`` allows
+        queues that score everything at once to hand over several per pass)."""
+        head = self.peek(now)
+        return [] if head is None else [head]
+
     def pop(self) -> Task:
         self._drop_dead()
         if not self._heap:
