@@ -59,6 +59,16 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="launch every task as a Ray task (no hybrid path: by default a "
                              "task predicted shorter than a launch runs on its local "
                              "scheduler's threads)")
+    group = parser.add_argument_group("adaptive control (ray_sched's own policies)")
+    group.add_argument("--no-steal", action="store_true",
+                       help="no work stealing (by default an idle local scheduler takes "
+                            "queued tasks from a backlogged one of its region)")
+    group.add_argument("--no-forecast", action="store_true",
+                       help="no workload forecast (by default arrivals are forecast per kind "
+                            "and region, and a region about to be busy is steered away from)")
+    group.add_argument("--adaptive", action="store_true",
+                       help="adaptive concurrency: each local scheduler's slots move within "
+                            "[0.5x, 2x] from its node's CPU and memory use")
     _add_model_options(parser)
     group = parser.add_argument_group("monitor (ray_sched's own policies)")
     group.add_argument("--alerts", default=None, metavar="RULES.toml",
@@ -95,6 +105,9 @@ def _monitor_options(args: argparse.Namespace) -> dict:
                "otlp_endpoint": args.otlp_endpoint}
     if getattr(args, "no_inline", False):
         options["inline"] = False
+    if hasattr(args, "no_steal"):
+        options["controls"] = {"steal": not args.no_steal, "forecast": not args.no_forecast,
+                               "adaptive": args.adaptive}
     return options
 
 

@@ -202,7 +202,7 @@ def replay(trace, *, policy: str, slots: int, out: str | Path | None = None,
            show_progress: bool = True, engine: Engine | None = None,
            model_options: dict | None = None, alerts=None, otlp_endpoint: str | None = None,
            monitor: bool = True, chaos: str | list[str] | None = None,
-           inline: bool = True) -> ReplayResult:
+           inline: bool = True, controls=None) -> ReplayResult:
     """Replay a trace under one policy and (optionally) write ``out/tasks.parquet`` and
     ``out/summary.json``.
 
@@ -227,6 +227,8 @@ def replay(trace, *, policy: str, slots: int, out: str | Path | None = None,
             :mod:`ray_sched.control.chaos`); our policies only.
         inline: the hybrid path (tiny tasks on the local scheduler's threads); False is
             ``--no-inline``.
+        controls: the adaptive controllers (work stealing, forecast, adaptive
+            concurrency): a :class:`ray_sched.control.Controls` or a dict of its fields.
 
     Raises:
         TraceError: a bad trace. ConfigError: a bad policy, slot count or time scale.
@@ -251,7 +253,7 @@ def replay(trace, *, policy: str, slots: int, out: str | Path | None = None,
                              monitor_options={"monitor": monitor, "alerts": alerts,
                                               "monitor_dir": out,
                                               "otlp_endpoint": otlp_endpoint,
-                                              "inline": inline})
+                                              "inline": inline, "controls": controls})
     progress = Progress(f"replay {policy}", len(tasks), enabled=show_progress)
     watched: dict = {}
     try:
@@ -264,7 +266,7 @@ def replay(trace, *, policy: str, slots: int, out: str | Path | None = None,
                 watched = output()
             except Exception as error:  # noqa: BLE001 - the results matter more
                 log.warning("the monitor's time series and decision log are lost: %s", error)
-        hybrid = _hybrid_totals(engine)
+        control = _control_totals(engine)
     finally:
         if own_engine:
             engine.close()
@@ -277,7 +279,7 @@ def replay(trace, *, policy: str, slots: int, out: str | Path | None = None,
         extras["learner_checkpoint"] = learner_info.get("last_checkpoint")
         extras["learner_fallback_batches"] = learner_info.get("fallback_batches")
         extras["learner_drift_events"] = learner_info.get("stats", {}).get("drift_events")
-    extras.update(hybrid)
+    extras.update(control)
     if faults:
         extras["chaos_events"] = [str(fault) for fault in faults]
     if "totals" in watched:
@@ -289,21 +291,36 @@ def replay(trace, *, policy: str, slots: int, out: str | Path | None = None,
     return result
 
 
-def _hybrid_totals(engine) -> dict:
-    """Tasks run inline and remote, and the mean launch cost learnt, over every local
-    scheduler (empty for engines without the hybrid path)."""
-    stats = getattr(getattr(engine, "scheduler", None), "inline_stats", None)
-    if stats is None:
+def _control_totals(engine) -> dict:
+    """What the adaptive controllers did, for ``summary.json`` (empty for engines without
+    them): tasks run inline and remote and the mean launch cost learnt; tasks stolen; the
+    forecast's one-step arrival-rate error beside the naive forecast's; slot changes."""
+    scheduler = getattr(engine, "scheduler", None)
+    if scheduler is None or not hasattr(scheduler, "control_stats"):
         return {}
     try:
-        by_local = stats().values()
+        by_local = scheduler.inline_stats().values()
+        control = scheduler.control_stats()
     except Exception as error:  # noqa: BLE001 - the results matter more
-        log.warning("hybrid-execution stats unavailable: %s", error)
+        log.warning("adaptive-control stats unavailable: %s", error)
         return {}
     costs = [one["launch_cost_s"] for one in by_local if one["launches_measured"]]
-    return {"inline_tasks": sum(one["inline"] for one in by_local),
-            "remote_tasks": sum(one["remote"] for one in by_local),
-            "launch_cost_s": sum(costs) / len(costs) if costs else None}
+    totals = {"inline_tasks": sum(one["inline"] for one in by_local),
+              "remote_tasks": sum(one["remote"] for one in by_local),
+              "launch_cost_s": sum(costs) / len(costs) if costs else None,
+              "tasks_stolen": control["tasks_stolen"]}
+    forecast = control["forecast"]
+    if forecast is not None:
+        error = forecast["error"]["total"]
+        totals.update(forecast_rate_mae=error["rate_mae"],
+                      forecast_naive_rate_mae=error["naive_rate_mae"],
+                      burst_warnings=sum(w["burst"] for w in forecast["burst_warnings"]))
+    adaptive = [one for one in control["concurrency"].values() if one is not None]
+    if adaptive:
+        totals["slot_changes"] = sum(one["n_grow"] + one["n_shrink"] + one["n_pre_scale"]
+                                     for one in adaptive)
+        totals["slot_rollbacks"] = sum(one["n_rolled_back"] for one in adaptive)
+    return totals
 
 
 def write_monitor_files(out_dir: Path, watched: dict) -> None:
@@ -337,7 +354,7 @@ def compare(trace, policies: list[str], *, slots: int, out: str | Path,
             local_schedulers: int | None = None, csv: bool = False,
             show_progress: bool = True, model_options: dict | None = None,
             alerts=None, otlp_endpoint: str | None = None,
-            inline: bool = True) -> list[ReplayResult]:
+            inline: bool = True, controls=None) -> list[ReplayResult]:
     """Replay one trace under several policies, one after another on the same Ray, into
     ``out/<policy>/``; writes ``out/comparison.md`` and ``out/summary.csv``. ``alerts``
     and ``otlp_endpoint`` (see :func:`replay`) apply to our policies, not the baselines.
@@ -359,7 +376,7 @@ def compare(trace, policies: list[str], *, slots: int, out: str | Path,
                               show_progress=show_progress, model_options=model_options,
                               alerts=None if policy in BASELINES else alerts,
                               otlp_endpoint=None if policy in BASELINES else otlp_endpoint,
-                              inline=inline))
+                              inline=inline, controls=controls))
     summaries = [r.summary for r in results]
     (out / "comparison.md").write_text(metrics.markdown_table(summaries) + "\n")
     pd.DataFrame(summaries).to_csv(out / "summary.csv", index=False)

@@ -28,6 +28,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from ray_sched.actors import GlobalScheduler
 from ray_sched.actors.execute import RaisedError
 from ray_sched.actors.runtime import ensure_ray
+from ray_sched.control import Controls
 from ray_sched.errors import ConfigError, SchedulerClosedError, TaskFailedError
 from ray_sched.learner.learner import DEFAULT_CHECKPOINT_EVERY
 from ray_sched.policies import BASELINES, resolve_policy
@@ -198,6 +199,10 @@ class Scheduler:
             the task's predicted p90 is below the measured cost of launching a Ray task
             (policies that predict; see :mod:`ray_sched.control.inline`). False: always
             launch (``--no-inline``).
+        controls: which adaptive controllers run, a :class:`ray_sched.control.Controls`
+            or a dict of its fields: ``steal`` (work stealing, on), ``forecast`` (on),
+            ``adaptive`` (adaptive concurrency, off), ``min_slots``/``max_slots``;
+            ``inline`` above overrides its own field when False.
 
     Raises:
         ConfigError: an unknown policy, a baseline name, or slots that cannot be split.
@@ -211,11 +216,13 @@ class Scheduler:
                  checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
                  stages: dict[str, Callable[[], Any]] | None = None, monitor: bool = True,
                  alerts: str | Path | list | None = None, monitor_dir: str | Path | None = None,
-                 otlp_endpoint: str | None = None, inline: bool = True):
+                 otlp_endpoint: str | None = None, inline: bool = True,
+                 controls: Controls | dict | None = None):
         if policy in BASELINES:
             raise ConfigError(f"{policy!r} is a baseline: use ray_sched.replay.replay() or "
                               f"`ray-sched replay --policy {policy}` to measure it")
         self.policy = resolve_policy(policy)
+        self.controls = Controls.of(controls, inline=None if inline else False)
         if slots is not None and (not isinstance(slots, int) or slots < 1):
             raise ConfigError(f"slots must be an integer >= 1, got {slots!r}")
         self._owns_ray = ensure_ray(slots, address)
@@ -253,7 +260,7 @@ class Scheduler:
             raise ConfigError("alerts and otlp_endpoint need the monitor (monitor=True)")
         self._global = GlobalScheduler.options(**options).remote(
             self.plan, self.policy.ordering, self.policy.placement, seed, learner_options,
-            self.stages, monitor_options, inline)
+            self.stages, monitor_options, self.controls.inline, self.controls.as_dict())
         ray.get(self._global.ready.remote(), timeout=STARTUP_TIMEOUT_S)
         if warmup:
             ray.get(self._global.warmup.remote(), timeout=STARTUP_TIMEOUT_S)
@@ -438,6 +445,12 @@ class Scheduler:
         """Alerts fired so far (the lines of ``alerts.jsonl``), oldest first."""
         self._poll_alerts()
         return list(self._alerts)
+
+    def control_stats(self) -> dict:
+        """Adaptive control: tasks stolen, the forecast (with its error against the naive
+        forecast, and burst warnings), and each local scheduler's slot changes with their
+        effect (see :mod:`ray_sched.control`)."""
+        return ray.get(self._global.control_stats.remote(), timeout=30)
 
     def inline_stats(self) -> dict:
         """Per local scheduler: the launch cost learnt, tasks run inline and remote, and

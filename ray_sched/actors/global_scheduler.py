@@ -19,6 +19,9 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from ray_sched.actors.learner_actor import LearnerActor
 from ray_sched.actors.local_scheduler import LocalScheduler
 from ray_sched.actors.monitor_actor import MonitorActor
+from ray_sched.control import Controls
+from ray_sched.control.forecast import WorkloadForecaster
+from ray_sched.control.stealing import MIN_STEAL_RUNTIME_S, STEAL_EVERY_S, plan_steals
 from ray_sched.learner import FallbackPredictor
 from ray_sched.policies import PLACEMENTS
 from ray_sched.policies.global_core import GlobalCore
@@ -37,13 +40,16 @@ SNAPSHOT_TIMEOUT_S = 2.0
 NODE_CHECK_EVERY_S = 2.0
 #: How long a replacement local scheduler may take to start before the next tick retries.
 REPLACEMENT_START_TIMEOUT_S = 60.0
+#: The forecast looks this many of its windows ahead (a burst is acted on that early).
+FORECAST_HORIZON_WINDOWS = 2
 
 
 @ray.remote(num_cpus=0)
 class GlobalScheduler:
     def __init__(self, plan: list[dict], ordering: str, placement: str, seed: int | None = 0,
                  learner_options: dict | None = None, stages: dict | None = None,
-                 monitor_options: dict | None = None, inline: bool = True):
+                 monitor_options: dict | None = None, inline: bool = True,
+                 controls: dict | None = None):
         me = ray.get_runtime_context().current_actor
         here = ray.get_runtime_context().get_node_id()
         # The learner, when the policy needs predictions; the fallback serves while it
@@ -56,7 +62,8 @@ class GlobalScheduler:
         self.fallback = FallbackPredictor()
         self.n_fallback_batches = 0
         self.plan = [dict(entry) for entry in plan]
-        self._local_args = (ordering, me, self.learner, stages, inline)
+        self.controls = Controls.of(controls, inline=inline)
+        self._local_args = (ordering, me, self.learner, stages, self.controls.as_dict())
         self.locals = [self._start_local(entry) for entry in self.plan]
         self._recovering: set[int] = set()
         self._closing = False
@@ -81,13 +88,20 @@ class GlobalScheduler:
         self._learner_reachable = True
         self._nodes_checked = 0.0
         self.epoch = time.time()
+        # Adaptive control: work stealing and the workload forecast (control/).
+        self._control_task: asyncio.Task | None = None
+        self.forecaster = WorkloadForecaster() if self.controls.forecast else None
+        self._index_of = {entry["name"]: index for index, entry in enumerate(self.plan)}
+        self._forecast_checked = 0.0
+        self.n_steals = 0
+        self.n_tasks_stolen = 0
 
     def _start_local(self, entry: dict):
-        ordering, me, learner, stages, inline = self._local_args
+        ordering, me, learner, stages, controls = self._local_args
         return LocalScheduler.options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(entry["node_id"], soft=False),
         ).remote(entry["name"], entry["node_id"], entry["slots"], ordering, me, learner,
-                 stages, inline)
+                 stages, controls["inline"], controls)
 
     async def ready(self) -> list[dict]:
         """Wait until every local scheduler (and the learner) is up; returns their descriptions."""
@@ -98,6 +112,9 @@ class GlobalScheduler:
             await self.monitor.ping.remote()
         if self._monitor_task is None:
             self._monitor_task = asyncio.ensure_future(self._monitor_loop())
+        if self._control_task is None and (self.forecaster is not None or (
+                self.controls.steal and len(self.locals) > 1)):
+            self._control_task = asyncio.ensure_future(self._control_loop())
         return described
 
     async def warmup(self) -> None:
@@ -109,6 +126,9 @@ class GlobalScheduler:
             task.received_wall = now
         if self.learner is not None:
             await self._predict(tasks)
+        if self.forecaster is not None:
+            self.forecaster.observe([t.kind for t in tasks], [t.region for t in tasks],
+                                    [_work_s(t) for t in tasks])
         placements, failed = self.core.admit(tasks)
         self._send(placements)
         self._record(failed, {t.task_id: t for t in tasks} if failed else {})
@@ -139,6 +159,7 @@ class GlobalScheduler:
     async def completed(self, local_name: str, completions: list[Completion],
                         snapshot: dict) -> None:
         self.snapshots[local_name] = snapshot
+        self._follow(local_name, snapshot)
         if self.learner is not None:
             self._observe(completions)
         ledger = self.core.ledger
@@ -204,6 +225,9 @@ class GlobalScheduler:
         if self._monitor_task is not None:
             self._monitor_task.cancel()  # first: the locals killed next are not to be replaced
             self._monitor_task = None
+        if self._control_task is not None:
+            self._control_task.cancel()
+            self._control_task = None
         self._closing = True
         for local in self.locals:
             ray.kill(local)
@@ -238,6 +262,90 @@ class GlobalScheduler:
             if self.monitor is not None:
                 self._monitor_records.extend(monitor_record(c, tasks.get(c.task_id))
                                              for c in completions)
+
+    # -- adaptive control: work stealing, forecasts, adaptive slots ----------------------
+    def _follow(self, local_name: str, snapshot: dict) -> None:
+        """A local scheduler's slots (adaptive concurrency moves them) and whether it admits
+        new tasks (not while its node's memory is short) go into the load table."""
+        index = self._index_of.get(local_name)
+        if index is None:
+            return
+        loads = self.core.loads
+        slots = snapshot.get("slots")
+        if slots and slots != loads.slots[index]:
+            loads.slots[index] = slots
+        admitting = snapshot.get("admitting", True)
+        if admitting != bool(loads.admitting[index]):
+            loads.set_admitting(index, admitting)
+            self.core.log_event("admitting" if admitting else "not-admitting", local_name,
+                                "memory back under its resume level" if admitting
+                                else "its node's memory is short: placing elsewhere")
+
+    async def _control_loop(self) -> None:
+        while True:
+            await asyncio.sleep(STEAL_EVERY_S)
+            try:
+                if self.controls.steal and len(self.locals) > 1:
+                    await self._balance()
+                now = time.monotonic()
+                if self.forecaster is not None and now - self._forecast_checked >= 1.0:
+                    self._forecast_checked = now
+                    self._act_on_forecast()
+            except Exception:  # noqa: BLE001 - control must never stop scheduling
+                log.exception("control pass failed")
+
+    async def _balance(self) -> None:
+        """One balance pass: plan moves on the load table, ask each victim for its tasks
+        that would run last, move them in the ledger and send them to the thief."""
+        for steal in plan_steals(self.core.loads):
+            victim = self.locals[steal.victim]
+            if steal.victim in self._recovering or steal.thief in self._recovering:
+                continue
+            try:
+                task_ids = await victim.give_up.remote(steal.max_tasks, MIN_STEAL_RUNTIME_S)
+            except ray.exceptions.RayActorError:
+                continue  # the health check replaces it and places its tasks again
+            if self.locals[steal.victim] is not victim:
+                continue  # replaced meanwhile: its tasks were placed again already
+            moved = self.core.move(task_ids, steal.victim, steal.thief, steal.reason)
+            if moved:
+                self.n_steals += 1
+                self.n_tasks_stolen += len(moved)
+                self.locals[steal.thief].enqueue.remote(moved)
+
+    def _act_on_forecast(self) -> None:
+        """Per region of local schedulers: when the forecast work overflows its slots within
+        the horizon, steer tasks free to go elsewhere away from it (an expected wait in the
+        load table) and, with adaptive concurrency, tell each of its local schedulers the
+        slots it will need (they pre-scale)."""
+        loads = self.core.loads
+        horizon = FORECAST_HORIZON_WINDOWS
+        forecast = self.forecaster.forecast(horizon, by="region")
+        for region, members in _by_region(self.plan).items():
+            capacity = float(loads.slots[members].sum())
+            need = forecast.get(region, {}).get("work_s_per_s", 0.0)
+            burst = self.forecaster.burst_ahead(region, capacity, horizon)
+            excess_s = max(0.0, need - capacity) * horizon * self.forecaster.window_s
+            loads.forecast_wait_s[members] = excess_s / capacity if burst else 0.0
+            if self.controls.adaptive:
+                for index in members:
+                    self.locals[index].hint_demand.remote(
+                        need * float(loads.slots[index]) / capacity)
+
+    async def control_stats(self) -> dict:
+        """Work stealing counts, the forecast's error and burst warnings, and each local
+        scheduler's adaptive-concurrency history (None where it is off)."""
+        concurrency = await asyncio.gather(
+            *(local.concurrency_stats.remote() for local in self.locals),
+            return_exceptions=True)
+        return {
+            "controls": self.controls.as_dict(),
+            "steals": self.n_steals, "tasks_stolen": self.n_tasks_stolen,
+            "forecast": None if self.forecaster is None else {
+                **self.forecaster.stats(), "burst_warnings": self.forecaster.history()},
+            "concurrency": {entry["name"]: (None if isinstance(one, BaseException) else one)
+                            for entry, one in zip(self.plan, concurrency)},
+        }
 
     # -- the monitor's feed and the health check ----------------------------------------
     async def _monitor_loop(self) -> None:
@@ -380,6 +488,20 @@ class GlobalScheduler:
         return output
 
 
+
+
+def _work_s(task: Task) -> float:
+    """A task's predicted work in slot-seconds, for the forecast (0 when unpredicted)."""
+    runtime = task.predicted_mean_s or task.predicted_runtime_s or 0.0
+    return max(0.0, float(runtime)) * task.cpu
+
+
+def _by_region(plan: list[dict]) -> dict[str, list[int]]:
+    """Plan indices per region (``""`` for local schedulers without one)."""
+    groups: dict[str, list[int]] = {}
+    for index, entry in enumerate(plan):
+        groups.setdefault(entry.get("region") or "", []).append(index)
+    return groups
 
 
 def monitor_record(completion: Completion, task: Task | None) -> tuple:

@@ -23,6 +23,8 @@ from ray_sched.actors.execute import (
     run_user_call,
     warm_workers,
 )
+from ray_sched.control import Controls
+from ray_sched.control.concurrency import ConcurrencyController, node_load
 from ray_sched.control.inline import InlineDecider
 from ray_sched.policies import ORDERINGS
 from ray_sched.policies.learned import REFRESH_EVERY_S, REFRESH_MAX_TASKS
@@ -30,10 +32,15 @@ from ray_sched.policies.local import LocalCore
 from ray_sched.task import Completion, Task, without_payload
 
 
+#: Adaptive concurrency samples the node's load this often (its windows are longer).
+CONCURRENCY_SAMPLE_S = 0.5
+
+
 @ray.remote(num_cpus=0)
 class LocalScheduler:
     def __init__(self, name: str, node_id: str, slots: float, ordering: str, global_handle,
-                 learner=None, stages: dict | None = None, inline: bool = True):
+                 learner=None, stages: dict | None = None, inline: bool = True,
+                 controls: dict | None = None):
         self.name = name
         self._learner = learner  # re-predicts queued tasks for orderings that use predictions
         self._refresher: asyncio.Task | None = None
@@ -50,9 +57,19 @@ class LocalScheduler:
         self._stage_free: dict[str, list] = {}     # those not running a task now
         # Hybrid execution: tasks predicted shorter than a Ray launch run on these threads
         # (one per slot: the core never runs more tasks than slots).
-        self._inline = InlineDecider(enabled=inline)
+        controls = Controls.of(controls, inline=inline)
+        self._inline = InlineDecider(enabled=controls.inline)
+        # Adaptive concurrency: the slot count follows the node's CPU and memory.
+        self._concurrency = None
+        if controls.adaptive:
+            self._concurrency = ConcurrencyController(
+                slots, min_slots=min(float(slots), max(1.0, slots * controls.min_slots)),
+                max_slots=slots * controls.max_slots)
+        self._jct = [0, 0.0]  # completions and their summed JCT here, since the last sample
+        self._controller: asyncio.Task | None = None
+        most = slots * (controls.max_slots if controls.adaptive else 1.0)
         self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=max(1, int(slots)), thread_name_prefix=f"{name}-inline")
+            max_workers=max(1, int(most)), thread_name_prefix=f"{name}-inline")
 
     def _stage_pool(self, stage: str) -> list:
         free = self._stage_free.get(stage)
@@ -88,6 +105,8 @@ class LocalScheduler:
             task.queued_wall = now
         self.core.enqueue(tasks)
         self._dispatch()
+        if self._concurrency is not None and self._controller is None:
+            self._controller = asyncio.ensure_future(self._concurrency_loop())
         if (self._learner is not None and self._refresher is None
                 and hasattr(self.core.queue, "refresh")):
             self._refresher = asyncio.ensure_future(self._refresh_loop())
@@ -110,7 +129,44 @@ class LocalScheduler:
                           predictions.p90_s, predictions.mean_s)
 
     async def snapshot(self) -> dict:
-        return vars_of(self.core.snapshot())
+        return self._snapshot()
+
+    def _snapshot(self) -> dict:
+        state = vars_of(self.core.snapshot())
+        state["admitting"] = self._concurrency is None or self._concurrency.admitting
+        return state
+
+    async def give_up(self, max_tasks: int, min_runtime_s: float) -> list[str]:
+        """Work stealing: take out (up to) ``max_tasks`` queued tasks, those that would run
+        last here, none predicted under ``min_runtime_s``; returns their ids."""
+        return [task.task_id for task in self.core.give_up(max_tasks, min_runtime_s)]
+
+    async def hint_demand(self, busy_slots: float) -> None:
+        """A forecast: the slots the next window is expected to need here."""
+        if self._concurrency is not None:
+            self._concurrency.hint_demand(busy_slots)
+
+    async def concurrency_stats(self) -> dict | None:
+        """Adaptive concurrency: the slots now, the counts, and every change with its
+        effect (None when it is off)."""
+        if self._concurrency is None:
+            return None
+        return {**self._concurrency.stats(), "history": self._concurrency.history()}
+
+    async def _concurrency_loop(self) -> None:
+        """Sample the node's load and this queue, and apply the controller's slot count."""
+        controller = self._concurrency
+        while True:
+            await asyncio.sleep(CONCURRENCY_SAMPLE_S)
+            controller.observe_load(*node_load())
+            controller.observe_queue(len(self.core.queue))
+            n, jct_sum = self._jct
+            self._jct = [0, 0.0]
+            controller.observe_completions(n, jct_sum)
+            slots = controller.tick()
+            if slots is not None:
+                self.core.slots = slots
+                self._dispatch()
 
     def _launcher(self, kind: str, cpu: float):
         key = (kind, cpu)
@@ -196,6 +252,9 @@ class LocalScheduler:
     def _done(self, task: Task, completion: Completion) -> None:
         self.core.finish(task.task_id)
         self._outbox.append(completion)
+        if completion.finish_wall is not None and task.queued_wall is not None:
+            self._jct[0] += 1
+            self._jct[1] += completion.finish_wall - task.queued_wall
         if not self._flush_pending:
             # Once per event-loop turn: every slot freed in this turn is filled by one
             # pass over the queue, and every completion goes in one call.
@@ -207,7 +266,7 @@ class LocalScheduler:
         self._dispatch()
         batch, self._outbox = self._outbox, []
         if batch:
-            self._global.completed.remote(self.name, batch, vars_of(self.core.snapshot()))
+            self._global.completed.remote(self.name, batch, self._snapshot())
 
 
 def vars_of(snapshot) -> dict:

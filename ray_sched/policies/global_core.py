@@ -133,6 +133,26 @@ class GlobalCore:
             self._log(now, entry.task.task_id, "lost", self.loads.names[index], reason)
         return [self._place(entry, now) for entry in held]
 
+    def move(self, task_ids: list[str], victim: int, thief: int, reason: str) -> list[Task]:
+        """Tasks queued at ``victim`` (given up by it, never started) now belong to
+        ``thief``: their load moves with them. Ids no longer placed at ``victim`` (recorded,
+        or placed again after a loss meanwhile) are skipped. Returns the moved tasks."""
+        now = self.clock()
+        moved = []
+        for task_id in task_ids:
+            entry = self.ledger.get(task_id)
+            if entry is None or entry.state != "placed" or entry.worker != victim:
+                continue
+            self._release_load(entry)
+            task = entry.task
+            self.loads.add(thief, task.cpu, (task.runtime_s or 0.0) * task.cpu,
+                           _predicted_work(task))
+            entry.worker = thief  # placed_wall stays the first placement's
+            self._log(now, task_id, "stolen", self.loads.names[thief],
+                      f"from {self.loads.names[victim]}: {reason}", task.predicted_runtime_s)
+            moved.append(task)
+        return moved
+
     def log_event(self, event: str, target: str, reason: str = "") -> None:
         """A decision about a local scheduler rather than a task (``task_id`` is empty)."""
         self._log(self.clock(), "", event, target, reason)

@@ -193,6 +193,18 @@ class ScoredQueue:
             rows = np.argsort(scores, kind="stable")
         return [self._tasks[int(row)] for row in rows]
 
+    def last(self, k: int, now: float | None = None) -> list[Task]:
+        """The (up to) ``k`` tasks that would run last at time ``now``, last first (what a
+        local scheduler gives up to a thief)."""
+        if self._n <= 1 or k <= 0:
+            return self.queued()[:max(k, 0)]
+        if now is None:
+            now = float(self._arrays["enqueued"][: self._n].max())
+        scores = -self._scores(now)
+        rows = (np.argpartition(scores, k)[:k] if k < self._n else np.arange(self._n))
+        rows = rows[np.argsort(scores[rows], kind="stable")]
+        return [self._tasks[int(row)] for row in rows]
+
     def pop(self, now: float | None = None) -> Task:
         head = self.peek(now)
         if head is None:
@@ -290,15 +302,18 @@ class LearnedOrdering(OrderingPolicy):
 
 class ExpectedCompletion(PlacementPolicy):
     """Where the task is expected to finish first: at once plus its predicted runtime where
-    a slot is free for it, else after the predicted backlog per slot. Among schedulers
-    with a free slot, the least loaded (ties at random)."""
+    a slot is free for it, else after the predicted backlog per slot, plus the wait the
+    workload forecast expects where a burst is coming (``LoadTable.forecast_wait_s``; it
+    matters to tasks free to go to more than one region). Among schedulers with a free
+    slot, the least loaded (ties at random)."""
 
     name = "expected-completion"
     needs_predictions = True
 
     def _pick(self, task, loads, options):
         runtime = task.predicted_mean_s or task.predicted_runtime_s or FALLBACK_RUNTIME_S
-        wait = expected_wait_s(task, loads, options, loads.predicted_backlog_s)
+        wait = (expected_wait_s(task, loads, options, loads.predicted_backlog_s)
+                + loads.forecast_wait_s[options])
         index = self._least(options, wait + runtime)
         waited = float(wait[options == index][0])
         reason = ("a free slot" if waited < 1e-3

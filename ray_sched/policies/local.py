@@ -91,6 +91,23 @@ class LocalCore:
                 break
         return started
 
+    def give_up(self, max_tasks: int, min_runtime_s: float = 0.0) -> list[Task]:
+        """Take out (up to) ``max_tasks`` queued tasks for another local scheduler: those
+        that would run last, skipping any predicted (p50) shorter than ``min_runtime_s``.
+        Running tasks never move."""
+        if max_tasks <= 0 or not len(self.queue):
+            return []
+        given = []
+        for task in self.queue.last(max_tasks * 2, self.clock()):
+            if len(given) >= max_tasks:
+                break
+            if (task.predicted_runtime_s or 0.0) < min_runtime_s:
+                continue
+            removed = self.queue.remove(task.task_id, started=False)
+            if removed is not None:
+                given.append(removed)
+        return given
+
     def finish(self, task_id: str) -> Task | None:
         """Free the slots of a running task; returns it (None if it was not running)."""
         task = self.running.pop(task_id, None)

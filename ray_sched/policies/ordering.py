@@ -135,6 +135,11 @@ class TaskQueue:
         head = self.peek(now)
         return [] if head is None else [head]
 
+    def last(self, k: int, now: float | None = None) -> list[Task]:
+        """The (up to) ``k`` tasks that would run last, last first."""
+        live = [entry for entry in self._heap if self._live.get(entry[-1].task_id) is entry[-1]]
+        return [entry[-1] for entry in heapq.nlargest(max(k, 0), live)]
+
     def pop(self) -> Task:
         self._drop_dead()
         if not self._heap:
@@ -144,8 +149,9 @@ class TaskQueue:
         self._cpu -= task.cpu
         return task
 
-    def remove(self, task_id: str) -> Task | None:
-        """Take a queued task out (None when it is not queued)."""
+    def remove(self, task_id: str, *, started: bool = True) -> Task | None:
+        """Take a queued task out (None when it is not queued); ``started`` matters only
+        to queues that count what each tenant was served."""
         task = self._live.pop(task_id, None)
         if task is not None:
             self._cpu -= task.cpu

@@ -67,6 +67,10 @@ class LoadTable:
         self.predicted_backlog_s = np.array([w.predicted_backlog_s for w in workers],
                                             dtype=np.float64)
         self.alive = np.array([w.alive for w in workers], dtype=bool)
+        # Expected extra wait per slot where the forecast sees a burst coming (seconds).
+        self.forecast_wait_s = np.zeros(len(workers), dtype=np.float64)
+        # False while a local scheduler refuses new tasks (its node's memory is short).
+        self.admitting = np.ones(len(workers), dtype=bool)
         self._candidates: dict[str | None, np.ndarray] = {}
 
     @classmethod
@@ -97,14 +101,23 @@ class LoadTable:
         self.alive[index] = alive
         self._candidates.clear()
 
+    def set_admitting(self, index: int, admitting: bool) -> None:
+        if bool(self.admitting[index]) != admitting:
+            self.admitting[index] = admitting
+            self._candidates.clear()
+
     def candidates(self, region: str | None) -> np.ndarray:
         """Indices of live local schedulers in ``region``, or of all live ones (cached until
-        a scheduler's liveness changes)."""
+        a scheduler's liveness changes). Those not admitting are left out while any other
+        live one admits."""
         cached = self._candidates.get(region)
         if cached is None:
             alive = np.flatnonzero(self.alive)
             if not len(alive):
                 raise RuntimeError("no live local scheduler to place on")
+            admitting = np.flatnonzero(self.alive & self.admitting)
+            if len(admitting):
+                alive = admitting
             cached = alive
             if region is not None:
                 local = np.array([i for i in alive.tolist() if self.regions[i] == region],
