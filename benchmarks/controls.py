@@ -97,9 +97,10 @@ def main(argv: list[str] | None = None) -> int:
                     else f"{row['forecast_rate_mae']:.2f} ({row['forecast_naive_rate_mae']:.2f})")
         slots = ("-" if pd.isna(row.get("slot_changes"))
                  else f"{row['slot_changes']:.0f} ({row['slot_rollbacks']:.0f})")
+        jct = row["jct_mean_s"]
         lines.append(
-            f"| {label} | {row['jct_mean_s']:.3f} | {row['jct_mean_s'] / default['jct_mean_s']:.3f}x"
-            f" | {row['jct_mean_s'] / ray_default['jct_mean_s']:.3f}x | {row['jct_p99_s']:.3f} "
+            f"| {label} | {jct:.3f} | {jct / default['jct_mean_s']:.3f}x"
+            f" | {jct / ray_default['jct_mean_s']:.3f}x | {row['jct_p99_s']:.3f} "
             f"| {row['makespan_s']:.2f} | {_count(row, 'tasks_stolen')} "
             f"| {_count(row, 'inline_tasks')} | {forecast} | {slots} |")
     (out / "report.md").write_text("\n".join(lines) + "\n")

@@ -130,8 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"one of {', '.join(policy_names())}, or ORDERING+PLACEMENT")
     replay.add_argument("--chaos", action="append", default=[], metavar="SPEC",
                         help="inject a fault: kill-local[:I]@SECONDS (a local scheduler, "
-                             "replaced) or kill-learner@SECONDS (restarts from its "
-                             "checkpoint); repeatable or comma-separated")
+                             "replaced), kill-learner@SECONDS (restarts from its "
+                             "checkpoint), kill-global@SECONDS (restarted, rebuilds its "
+                             "ledger) or kill-node[:I]@SECONDS (a worker node of a "
+                             "multi-node cluster; never the driver's); repeatable or "
+                             "comma-separated")
     replay.set_defaults(func=cmd_replay)
 
     compare = commands.add_parser(

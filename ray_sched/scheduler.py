@@ -18,6 +18,7 @@ import logging
 import math
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,8 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ray_sched.actors import GlobalScheduler
-from ray_sched.actors.execute import RaisedError
+from ray_sched.actors.execute import RaisedError, kill_node
+from ray_sched.actors.global_scheduler import ACTOR_NAMESPACE
 from ray_sched.actors.runtime import ensure_ray
 from ray_sched.control import Controls
 from ray_sched.errors import ConfigError, SchedulerClosedError, TaskFailedError
@@ -258,14 +260,27 @@ class Scheduler:
                                "otlp_endpoint": _otlp_endpoint(otlp_endpoint)}
         elif alerts or otlp_endpoint:
             raise ConfigError("alerts and otlp_endpoint need the monitor (monitor=True)")
-        self._global = GlobalScheduler.options(**options).remote(
+        # Restarted by Ray when it dies; its local schedulers, learner and monitor are named
+        # detached actors under this prefix, which outlive it (see recover()).
+        self._prefix = f"ray_sched-{uuid.uuid4().hex[:12]}"
+        self._global = GlobalScheduler.options(
+            max_restarts=-1, max_task_retries=0, **options).remote(
             self.plan, self.policy.ordering, self.policy.placement, seed, learner_options,
-            self.stages, monitor_options, self.controls.inline, self.controls.as_dict())
+            self.stages, monitor_options, self.controls.inline, self.controls.as_dict(),
+            self._prefix)
+        self._roles = [entry["name"] for entry in self.plan] + ["learner", "monitor"]
         ray.get(self._global.ready.remote(), timeout=STARTUP_TIMEOUT_S)
+        self._incarnation = ray.get(self._global.incarnation_id.remote(),
+                                    timeout=STARTUP_TIMEOUT_S)
         if warmup:
             ray.get(self._global.warmup.remote(), timeout=STARTUP_TIMEOUT_S)
         self.t0 = time.time()
         self._futures: dict[str, TaskFuture] = {}
+        # Submitted and not yet seen recorded, and those recorded as failed: what a
+        # restarted global scheduler needs to rebuild its ledger.
+        self._unrecorded: dict[str, Task] = {}
+        self._failed_ids: set[str] = set()
+        self.n_global_restarts = 0
         self._used_ids: set[str] = set()
         self._ids = itertools.count()
         self._lock = threading.Lock()
@@ -376,6 +391,7 @@ class Scheduler:
                 self._used_ids.add(task.task_id)
                 future = TaskFuture(task.task_id)
                 self._futures[task.task_id] = future
+                self._unrecorded[task.task_id] = task
                 futures.append(future)
         if tasks:
             self._global.submit.remote(tasks)
@@ -406,19 +422,29 @@ class Scheduler:
     def _pump_loop(self) -> None:
         while not self._closed:
             try:
-                batch = ray.get(self._global.take.remote(POLL_WAIT_S), timeout=60)
+                incarnation, batch = ray.get(self._global.take.remote(POLL_WAIT_S),
+                                             timeout=60)
             except Exception as error:  # noqa: BLE001 - report and keep serving
                 if self._closed:
                     return
                 log.warning("completion poll failed: %s", error)
                 time.sleep(0.1)
                 continue
+            if incarnation != self._incarnation:
+                if not self._recover():
+                    time.sleep(0.1)
+                    continue  # retried at the next poll
+                self._incarnation = incarnation
             if time.monotonic() - self._alerts_polled >= ALERT_POLL_S:
                 self._poll_alerts()
             if not batch:
                 continue
             with self._lock:
                 futures = [self._futures.pop(c.task_id, None) for c in batch]
+                for completion in batch:
+                    self._unrecorded.pop(completion.task_id, None)
+                    if completion.status != "ok":
+                        self._failed_ids.add(completion.task_id)
             for listener in self._listeners:
                 try:
                     listener(batch)
@@ -427,6 +453,35 @@ class Scheduler:
             for future, completion in zip(futures, batch):
                 if future is not None:
                     future._set(completion)
+
+    def _ask_global(self, method: str, *args, timeout_s: float = STARTUP_TIMEOUT_S):
+        """Call the global scheduler, waiting out a restart (it is unavailable meanwhile)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return ray.get(getattr(self._global, method).remote(*args),
+                               timeout=max(1.0, deadline - time.monotonic()))
+            except ray.exceptions.ActorUnavailableError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.2)
+
+    def _recover(self) -> bool:
+        """The global scheduler was restarted: hand it every task not yet seen recorded so
+        that it rebuilds its ledger (see ``GlobalScheduler.recover``). False: try again."""
+        with self._lock:
+            tasks = list(self._unrecorded.values())
+            failed = list(self._failed_ids)
+        try:
+            counts = ray.get(self._global.recover.remote(tasks, failed),
+                             timeout=STARTUP_TIMEOUT_S)
+        except Exception as error:  # noqa: BLE001 - the next poll tries again
+            log.warning("global scheduler recovery failed (retrying): %s", error)
+            return False
+        self.n_global_restarts += 1
+        log.warning("the global scheduler was restarted: %s task(s) held by local "
+                    "schedulers, %s placed anew", counts.get("held"), counts.get("placed_again"))
+        return True
 
     def _poll_alerts(self) -> None:
         with self._alerts_lock:  # the pump thread and alerts() callers poll alike
@@ -464,30 +519,62 @@ class Scheduler:
             ConfigError: an unknown action, a local scheduler index out of range, or
                 ``kill-learner`` under a policy without a learner.
         """
-        if action == "kill-local":
-            if not 0 <= index < len(self.plan):
-                raise ConfigError(f"--chaos kill-local:{index}: this scheduler has "
-                                  f"{len(self.plan)} local scheduler(s), 0..{len(self.plan) - 1}")
-        elif action == "kill-learner":
+        if action in ("kill-local", "kill-node") and index >= 0 and not index < len(self.plan):
+            raise ConfigError(f"--chaos {action}:{index}: this scheduler has "
+                              f"{len(self.plan)} local scheduler(s), 0..{len(self.plan) - 1}")
+        if action == "kill-learner":
             if not self.policy.needs_predictions:
                 raise ConfigError(f"--chaos kill-learner: policy {self.policy.name!r} has no "
                                   f"learner (use ml)")
-        else:
+        elif action == "kill-node":
+            self._node_to_kill(index)
+        elif action not in ("kill-local", "kill-global"):
             raise ConfigError(f"--chaos: unknown action {action!r}")
+
+    def _node_to_kill(self, index: int) -> str:
+        """The node ``kill-node`` would kill: local scheduler ``index``'s (-1: the first
+        one off the driver's node), never the driver's own.
+
+        Raises:
+            ConfigError: that node is the driver's, or every local scheduler is there.
+        """
+        here = ray.get_runtime_context().get_node_id()
+        plan = self._ask_global("plan_now")
+        if index < 0:
+            off = [entry["node_id"] for entry in plan if entry["node_id"] != here]
+            if not off:
+                raise ConfigError("--chaos kill-node: every local scheduler is on the "
+                                  "driver's node; kill-node needs a multi-node cluster "
+                                  "(the driver's node is never killed)")
+            return off[0]
+        node = plan[index]["node_id"]
+        if node == here:
+            raise ConfigError(f"--chaos kill-node:{index}: local scheduler {index} is on the "
+                              f"driver's node, which is never killed")
+        return node
 
     def inject_fault(self, action: str, index: int = 0) -> None:
         """Kill a part of this scheduler for good (``kill-local``, local scheduler
-        ``index``) or to be restarted (``kill-learner``); see
-        :mod:`ray_sched.control.chaos`. Recovery is the global scheduler's job."""
+        ``index``; ``kill-node``, that local scheduler's node) or to be restarted
+        (``kill-learner``, ``kill-global``); see :mod:`ray_sched.control.chaos`. Recovery
+        is the global scheduler's job."""
         self.check_fault(action, index)
         if action == "kill-local":
-            handles = ray.get(self._global.local_handles.remote(), timeout=30)
+            handles = self._ask_global("local_handles")
             log.warning("chaos: killing local scheduler %d", index)
             ray.kill(handles[index], no_restart=True)
-        else:
-            learner = ray.get(self._global.learner_actor.remote(), timeout=30)
+        elif action == "kill-learner":
+            learner = self._ask_global("learner_actor")
             log.warning("chaos: killing the learner (it restarts from its checkpoint)")
             ray.kill(learner, no_restart=False)
+        elif action == "kill-global":
+            log.warning("chaos: killing the global scheduler (Ray restarts it)")
+            ray.kill(self._global, no_restart=False)
+        else:
+            node = self._node_to_kill(index)
+            log.warning("chaos: killing node %s", node[:12])
+            kill_node.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+                node, soft=False)).remote()
 
     def set_epoch(self, epoch: float) -> None:
         """The wall time that the monitor's and the decision log's ``t_s`` count from."""
@@ -528,8 +615,19 @@ class Scheduler:
             ray.kill(self._global)
         except Exception as error:  # noqa: BLE001 - shutting down anyway
             log.debug("global scheduler shutdown: %s", error)
+        self._kill_named()
         if self._owns_ray:
             ray.shutdown()
+
+    def _kill_named(self) -> None:
+        """Kill this scheduler's named detached actors that are still alive (the global
+        scheduler kills them at its shutdown; this covers a global scheduler that could
+        not). They outlive the driver otherwise."""
+        for role in self._roles:
+            try:
+                ray.kill(ray.get_actor(f"{self._prefix}/{role}", namespace=ACTOR_NAMESPACE))
+            except Exception:  # noqa: BLE001, S112 - gone already
+                continue
 
     def __enter__(self) -> Scheduler:
         return self

@@ -102,3 +102,24 @@ def test_a_replay_summary_counts_tasks_run_inline_and_remote(ray_local, tmp_path
     assert summary["n_ok"] == n
     assert summary["inline_tasks"] + summary["remote_tasks"] == n
     assert summary["inline_tasks"] > 0 and summary["launch_cost_s"] > 0
+
+
+@pytest.mark.ray
+def test_a_task_tree_mixes_a_remote_parent_with_inline_children(ray_local):
+    from ray_sched import Scheduler
+    from tests.conftest import RAY_SLOTS
+
+    with Scheduler("ml", RAY_SLOTS, model_dir=None, fresh=True) as scheduler:
+        # Teach the learner both kinds first: tiny ones and long ones.
+        warm = ([scheduler.submit(nap, 0.001, kind="tiny") for _ in range(60)]
+                + [scheduler.submit(nap, 0.2, kind="parent") for _ in range(4)])
+        [f.result(timeout=60) for f in warm]
+        before = next(iter(scheduler.inline_stats().values()))
+        parent = scheduler.submit(nap, 0.2, kind="parent")
+        children = [scheduler.submit(nap, 0.001, kind="tiny", after=[parent])
+                    for _ in range(20)]
+        assert [c.result(timeout=60) for c in children] == [0.001] * 20
+        assert parent.result(timeout=60) == 0.2
+        after = next(iter(scheduler.inline_stats().values()))
+    assert after["remote"] - before["remote"] >= 1      # the parent, at least
+    assert after["inline"] - before["inline"] >= 15     # most of its tiny children

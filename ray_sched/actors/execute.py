@@ -111,3 +111,20 @@ def warm_workers(n: int, options: dict | None = None, timeout_s: float = 120.0) 
     """Start ``n`` worker processes (and import this module in them) before timing starts."""
     refs = [run_synthetic.options(**(options or {})).remote(WARMUP_TASK_S) for _ in range(n)]
     ray.get(refs, timeout=timeout_s)
+
+
+@ray.remote(num_cpus=0, max_retries=0)
+def kill_node() -> None:
+    """Chaos (``--chaos kill-node``): kill the raylet of the node this runs on, which takes
+    the node and everything on it down, as a lost machine would. Launched pinned to the
+    node; its result never comes back."""
+    import os
+    import signal
+
+    import psutil
+
+    for parent in psutil.Process(os.getpid()).parents():
+        if parent.name() == "raylet" or "raylet" in " ".join(parent.cmdline()[:1]):
+            os.kill(parent.pid, signal.SIGKILL)
+            return
+    raise RuntimeError("kill-node: no raylet among this worker's parent processes")

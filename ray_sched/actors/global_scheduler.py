@@ -12,6 +12,8 @@ import asyncio
 import logging
 import math
 import time
+import uuid
+import warnings
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -40,6 +42,8 @@ SNAPSHOT_TIMEOUT_S = 2.0
 NODE_CHECK_EVERY_S = 2.0
 #: How long a replacement local scheduler may take to start before the next tick retries.
 REPLACEMENT_START_TIMEOUT_S = 60.0
+#: The namespace of the named detached actors (local schedulers, learner, monitor).
+ACTOR_NAMESPACE = "ray_sched"
 #: The forecast looks this many of its windows ahead (a burst is acted on that early).
 FORECAST_HORIZON_WINDOWS = 2
 
@@ -49,15 +53,27 @@ class GlobalScheduler:
     def __init__(self, plan: list[dict], ordering: str, placement: str, seed: int | None = 0,
                  learner_options: dict | None = None, stages: dict | None = None,
                  monitor_options: dict | None = None, inline: bool = True,
-                 controls: dict | None = None):
-        me = ray.get_runtime_context().current_actor
-        here = ray.get_runtime_context().get_node_id()
+                 controls: dict | None = None, name_prefix: str | None = None):
+        context = ray.get_runtime_context()
+        me = context.current_actor
+        here = context.get_node_id()
+        # With a name prefix, the local schedulers, the learner and the monitor are named
+        # detached actors: they outlive this actor, and a restart of it (max_restarts) finds
+        # them again by name instead of starting new ones. The driver's Scheduler then
+        # calls recover() to rebuild the ledger (see recover()).
+        self.name_prefix = name_prefix
+        self.incarnation = uuid.uuid4().hex
+        with warnings.catch_warnings():  # Ray marks the state API it uses as deprecated
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self._awaiting_recovery = bool(context.was_current_actor_reconstructed)
+        self._held_back: list[tuple] = []  # completions that arrived before recover()
         # The learner, when the policy needs predictions; the fallback serves while it
         # is unreachable (dead, restarting, slow) and before it answers at all.
         self.learner = None
         if learner_options is not None:
             self.learner = LearnerActor.options(
                 scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True),
+                **self._named("learner"),
             ).remote(**learner_options)
         self.fallback = FallbackPredictor()
         self.n_fallback_batches = 0
@@ -81,6 +97,7 @@ class GlobalScheduler:
             # On this node for good: it lives and dies with the global scheduler.
             self.monitor = MonitorActor.options(
                 scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False),
+                **self._named("monitor"),
             ).remote(**monitor_options)
         self._monitor_records: list[tuple] = []
         self._monitor_task: asyncio.Task | None = None
@@ -96,10 +113,18 @@ class GlobalScheduler:
         self.n_steals = 0
         self.n_tasks_stolen = 0
 
+    def _named(self, role: str) -> dict:
+        """Actor options that make ``role`` a named detached actor (none without a prefix)."""
+        if self.name_prefix is None:
+            return {}
+        return {"name": f"{self.name_prefix}/{role}", "namespace": ACTOR_NAMESPACE,
+                "lifetime": "detached", "get_if_exists": True}
+
     def _start_local(self, entry: dict):
         ordering, me, learner, stages, controls = self._local_args
         return LocalScheduler.options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(entry["node_id"], soft=False),
+            **self._named(entry["name"]),
         ).remote(entry["name"], entry["node_id"], entry["slots"], ordering, me, learner,
                  stages, controls["inline"], controls)
 
@@ -110,12 +135,16 @@ class GlobalScheduler:
             described.append({"learner": await self.learner.info.remote()})
         if self.monitor is not None:
             await self.monitor.ping.remote()
+        self._start_loops()
+        return described
+
+    def _start_loops(self) -> None:
+        """The health check with the monitor's feed, and the control loop (once each)."""
         if self._monitor_task is None:
             self._monitor_task = asyncio.ensure_future(self._monitor_loop())
         if self._control_task is None and (self.forecaster is not None or (
                 self.controls.steal and len(self.locals) > 1)):
             self._control_task = asyncio.ensure_future(self._control_loop())
-        return described
 
     async def warmup(self) -> None:
         await asyncio.gather(*(local.warmup.remote() for local in self.locals))
@@ -158,6 +187,9 @@ class GlobalScheduler:
 
     async def completed(self, local_name: str, completions: list[Completion],
                         snapshot: dict) -> None:
+        if self._awaiting_recovery:  # restarted: the ledger is rebuilt first
+            self._held_back.append((local_name, completions, snapshot))
+            return
         self.snapshots[local_name] = snapshot
         self._follow(local_name, snapshot)
         if self.learner is not None:
@@ -169,16 +201,85 @@ class GlobalScheduler:
         self._send(placements)
         self._record(recorded, tasks)
 
-    async def take(self, wait_s: float = 0.5) -> list[Completion]:
-        """Completions recorded since the last call; waits up to ``wait_s`` for the first."""
+    async def take(self, wait_s: float = 0.5) -> tuple[str, list[Completion]]:
+        """(this incarnation's id, completions recorded since the last call); waits up to
+        ``wait_s`` for the first. A new id tells the driver this actor was restarted."""
         if not self._outbox:
             self._ready.clear()
             try:
                 await asyncio.wait_for(self._ready.wait(), timeout=wait_s)
             except TimeoutError:
-                return []
+                return self.incarnation, []
         batch, self._outbox = self._outbox, []
-        return batch
+        return self.incarnation, batch
+
+    async def recover(self, tasks: list[Task], failed_ids: list[str]) -> dict:
+        """After a restart of this actor: rebuild the ledger from what the local schedulers
+        hold and what the driver has not seen recorded.
+
+        Args:
+            tasks: every task the driver submitted whose completion it has not received.
+            failed_ids: tasks recorded as failed (for the parents of waiting tasks; every
+                other recorded parent was ok).
+
+        A task a live local scheduler holds (queued or running) goes back into the ledger
+        there and completes as usual. Every other task is admitted again and runs again:
+        those that were waiting for parents or in transit, and those whose completion was
+        lost with the old incarnation (sent to it, or recorded by it and not yet taken by
+        the driver); ``attempts`` does not count that lost run. The old incarnation's
+        decision log, forecast and steal counts are gone; the monitor and the learner,
+        named detached actors, keep theirs.
+
+        Returns:
+            ``{"restarted": False}`` when this incarnation never lost state, else the counts
+            ``held`` and ``placed_again``.
+        """
+        if not self._awaiting_recovery:
+            return {"restarted": False}
+        pings = await asyncio.gather(*(local.ping.remote() for local in self.locals),
+                                     return_exceptions=True)
+        for index, ping in enumerate(pings):
+            if isinstance(ping, dict):  # a replacement may live on another node
+                self.plan[index]["node_id"] = ping["node_id"]
+                self.core.loads.nodes[index] = ping["node_id"]
+        held = await asyncio.gather(*(local.held.remote() for local in self.locals),
+                                    return_exceptions=True)
+        for entry, ids in zip(self.plan, held):
+            if isinstance(ids, BaseException):
+                log.warning("recovery: %s did not answer (%s); its tasks are placed again",
+                            entry["name"], ids)
+        where = {task_id: index for index, ids in enumerate(held)
+                 if not isinstance(ids, BaseException) for task_id in ids}
+        # Completions that reached this incarnation before now count as held where they
+        # ran: they are recorded right after the ledger is rebuilt.
+        for local_name, completions, _ in self._held_back:
+            index = self._index_of.get(local_name)
+            if index is not None:
+                where.update((c.task_id, index) for c in completions)
+        pending = {task.task_id for task in tasks}
+        failed = set(failed_ids)
+        for task in tasks:
+            for parent in task.parents:
+                if parent not in pending:
+                    self.core.finished[parent] = parent not in failed
+        if self.learner is not None and tasks:
+            await self._predict(tasks)  # the driver's copies carry no prediction
+        kept = [(task, where[task.task_id]) for task in tasks if task.task_id in where]
+        again = [task for task in tasks if task.task_id not in where]
+        self.core.adopt(kept, "held by its local scheduler when the global scheduler "
+                              "restarted")
+        placements, failed_now = self.core.admit(again)
+        self._send(placements)
+        self._record(failed_now, {t.task_id: t for t in again} if failed_now else {})
+        self._awaiting_recovery = False
+        held_back, self._held_back = self._held_back, []
+        for local_name, completions, snapshot in held_back:
+            await self.completed(local_name, completions, snapshot)
+        # The health check replaces any local scheduler that did not answer above.
+        self._start_loops()
+        log.warning("restarted: %d task(s) held by local schedulers, %d placed anew",
+                    len(kept), len(again))
+        return {"restarted": True, "held": len(kept), "placed_again": len(again)}
 
     async def stats(self) -> dict:
         """Outstanding tasks and the latest snapshot of each local scheduler."""
@@ -197,6 +298,15 @@ class GlobalScheduler:
         """Each local scheduler's hybrid-execution stats, by name."""
         stats = await asyncio.gather(*(local.inline_stats.remote() for local in self.locals))
         return {entry["name"]: one for entry, one in zip(self.plan, stats)}
+
+    async def incarnation_id(self) -> str:
+        """Changes when Ray restarts this actor (the driver then calls :meth:`recover`)."""
+        return self.incarnation
+
+    async def plan_now(self) -> list[dict]:
+        """The local schedulers as they stand: name, node, slots, region (replacements may
+        have moved to another node)."""
+        return [dict(entry) for entry in self.plan]
 
     async def local_handles(self) -> list:
         """The LocalScheduler actors' handles, in plan order (for fault injection)."""

@@ -31,9 +31,10 @@ from ray_sched.policies.learned import REFRESH_EVERY_S, REFRESH_MAX_TASKS
 from ray_sched.policies.local import LocalCore
 from ray_sched.task import Completion, Task, without_payload
 
-
 #: Adaptive concurrency samples the node's load this often (its windows are longer).
 CONCURRENCY_SAMPLE_S = 0.5
+#: A batch of completions the global scheduler did not take is sent again after this long.
+RESEND_AFTER_S = 0.5
 
 
 @ray.remote(num_cpus=0)
@@ -51,6 +52,10 @@ class LocalScheduler:
         self._launchers: dict[tuple[str, float], object] = {}
         self._outbox: list[Completion] = []
         self._flush_pending = False
+        # Completions sent and not yet acknowledged by the global scheduler: resent until
+        # they are (it may be restarting); it records each task once whatever it receives.
+        self._unacked: dict[int, list[Completion]] = {}
+        self._sends = 0
         self._watchers: set[asyncio.Task] = set()
         self._stage_factories = dict(stages or {})
         self._stage_actors: dict[str, list] = {}   # every actor of each stage
@@ -135,6 +140,13 @@ class LocalScheduler:
         state = vars_of(self.core.snapshot())
         state["admitting"] = self._concurrency is None or self._concurrency.admitting
         return state
+
+    async def held(self) -> list[str]:
+        """Ids of every task here without a completion sent: queued, running, and finished
+        with its completion not yet flushed (a restarted global scheduler's ledger)."""
+        unacked = [c.task_id for batch in self._unacked.values() for c in batch]
+        return (list(self.core.running) + [task.task_id for task in self.core.queue]
+                + [completion.task_id for completion in self._outbox] + unacked)
 
     async def give_up(self, max_tasks: int, min_runtime_s: float) -> list[str]:
         """Work stealing: take out (up to) ``max_tasks`` queued tasks, those that would run
@@ -266,7 +278,26 @@ class LocalScheduler:
         self._dispatch()
         batch, self._outbox = self._outbox, []
         if batch:
-            self._global.completed.remote(self.name, batch, self._snapshot())
+            self._send(batch)
+
+    def _send(self, batch: list[Completion]) -> None:
+        self._sends += 1
+        key = self._sends
+        self._unacked[key] = batch
+        self._track(self._deliver(key, self._global.completed.remote(
+            self.name, batch, self._snapshot())))
+
+    async def _deliver(self, key: int, ack) -> None:
+        """Wait for the global scheduler to take a batch; resend it while it cannot (dead,
+        restarting): a completion is never dropped here."""
+        try:
+            await ack
+            self._unacked.pop(key, None)
+        except Exception:  # noqa: BLE001 - the global scheduler is away: resend
+            await asyncio.sleep(RESEND_AFTER_S)
+            batch = self._unacked.pop(key, None)
+            if batch:
+                self._send(batch)
 
 
 def vars_of(snapshot) -> dict:

@@ -7,6 +7,11 @@ A spec is ``ACTION[:INDEX]@TIME`` with TIME in seconds from the replay's start (
   re-places every task it held that has no recorded completion and starts a replacement.
 - ``kill-learner``: kill the Learner actor; it restarts from its last checkpoint while the
   heuristic fallback keeps scheduling going.
+- ``kill-global``: kill the GlobalScheduler actor; Ray restarts it and it rebuilds its
+  ledger from what the local schedulers hold and what the driver has not seen recorded.
+- ``kill-node[:I]``: on a multi-node cluster, kill the Ray node of local scheduler I
+  (default: the first one not on the driver's node) by killing its raylet; the driver's
+  (head) node is never killed.
 """
 
 from __future__ import annotations
@@ -22,20 +27,26 @@ ACTIONS = {
                   "re-placed and a replacement starts",
     "kill-learner": "kill the learner: the fallback predicts until it is back from its "
                     "checkpoint",
+    "kill-global": "kill the global scheduler: Ray restarts it and it rebuilds its ledger",
+    "kill-node": "kill the node of a local scheduler (index after ':', default the first off "
+                 "the driver's node): its tasks are re-placed on live nodes",
 }
+#: Actions that take a local scheduler index.
+INDEXED = ("kill-local", "kill-node")
 _SPEC = re.compile(r"^(?P<action>[a-z-]+)(?::(?P<index>\d+))?@(?P<time>\d+(?:\.\d*)?)s?$")
 
 
 @dataclass(frozen=True, order=True)
 class ChaosEvent:
-    """One fault: ``action`` on ``index`` at ``at_s`` seconds into the replay."""
+    """One fault: ``action`` on ``index`` at ``at_s`` seconds into the replay (for
+    ``kill-node``, -1 means the first local scheduler off the driver's node)."""
 
     at_s: float
     action: str
     index: int = 0
 
     def __str__(self) -> str:
-        target = f":{self.index}" if self.action == "kill-local" else ""
+        target = f":{self.index}" if self.action in INDEXED and self.index >= 0 else ""
         return f"{self.action}{target}@{self.at_s:g}s"
 
 
@@ -61,7 +72,10 @@ def parse_chaos(specs: str | list[str] | None) -> list[ChaosEvent]:
             if action not in ACTIONS:
                 raise ConfigError(f"--chaos {part!r}: unknown action {action!r}; one of "
                                   f"{', '.join(ACTIONS)}")
-            if match["index"] is not None and action != "kill-local":
-                raise ConfigError(f"--chaos {part!r}: only kill-local takes an index")
-            events.append(ChaosEvent(float(match["time"]), action, int(match["index"] or 0)))
+            if match["index"] is not None and action not in INDEXED:
+                raise ConfigError(f"--chaos {part!r}: only {' and '.join(INDEXED)} take an "
+                                  f"index")
+            default = -1 if action == "kill-node" else 0  # -1: the first off the driver's node
+            index = default if match["index"] is None else int(match["index"])
+            events.append(ChaosEvent(float(match["time"]), action, index))
     return sorted(events)

@@ -4,8 +4,9 @@ when it is predicted to take less time than launching it as a Ray task would cos
 Plain Python with an injectable clock; the LocalScheduler actor asks :meth:`choose` per
 task and reports every remote launch's measured cost with :meth:`observe_launch`: the time
 the remote path added to the work itself, from the launch to the result being back at the
-local scheduler (the start latency, plus the result's way back). The threshold is that cost, learnt online, so it
-follows the machine: a loaded node launches slower and keeps more tasks inline.
+local scheduler (the start latency, plus the result's way back). The threshold is that
+cost, learnt online, so it follows the machine: a loaded node launches slower and keeps
+more tasks inline.
 """
 
 from __future__ import annotations

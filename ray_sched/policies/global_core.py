@@ -153,6 +153,21 @@ class GlobalCore:
             moved.append(task)
         return moved
 
+    def adopt(self, held: list[tuple[Task, int]], reason: str) -> None:
+        """Tasks already at a local scheduler (queued or running there) enter the ledger as
+        placed on it, without being sent again: a restarted global scheduler rebuilding its
+        ledger. Tasks already known are skipped."""
+        now = self.clock()
+        for task, index in held:
+            if task.task_id in self.ledger or task.task_id in self.finished:
+                continue
+            task.seq = self._seq
+            self._seq += 1
+            self.ledger[task.task_id] = LedgerEntry(task, "placed", index, now)
+            self.loads.add(index, task.cpu, (task.runtime_s or 0.0) * task.cpu,
+                           _predicted_work(task))
+            self._log(now, task.task_id, "recovered", self.loads.names[index], reason)
+
     def log_event(self, event: str, target: str, reason: str = "") -> None:
         """A decision about a local scheduler rather than a task (``task_id`` is empty)."""
         self._log(self.clock(), "", event, target, reason)
