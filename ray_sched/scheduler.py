@@ -533,24 +533,30 @@ class Scheduler:
 
     def _node_to_kill(self, index: int) -> str:
         """The node ``kill-node`` would kill: local scheduler ``index``'s (-1: the first
-        one off the driver's node), never the driver's own.
+        one on a live node other than the driver's), never the driver's own.
 
         Raises:
-            ConfigError: that node is the driver's, or every local scheduler is there.
+            ConfigError: that node is the driver's or no longer alive, or no local
+                scheduler is on a live node other than the driver's.
         """
         here = ray.get_runtime_context().get_node_id()
+        alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
         plan = self._ask_global("plan_now")
         if index < 0:
-            off = [entry["node_id"] for entry in plan if entry["node_id"] != here]
+            off = [entry["node_id"] for entry in plan
+                   if entry["node_id"] != here and entry["node_id"] in alive]
             if not off:
-                raise ConfigError("--chaos kill-node: every local scheduler is on the "
-                                  "driver's node; kill-node needs a multi-node cluster "
-                                  "(the driver's node is never killed)")
+                raise ConfigError("--chaos kill-node: no local scheduler is on a live node "
+                                  "other than the driver's; kill-node needs a multi-node "
+                                  "cluster (the driver's node is never killed)")
             return off[0]
         node = plan[index]["node_id"]
         if node == here:
             raise ConfigError(f"--chaos kill-node:{index}: local scheduler {index} is on the "
                               f"driver's node, which is never killed")
+        if node not in alive:
+            raise ConfigError(f"--chaos kill-node:{index}: the node of local scheduler "
+                              f"{index} is not alive")
         return node
 
     def inject_fault(self, action: str, index: int = 0) -> None:
@@ -571,7 +577,11 @@ class Scheduler:
             log.warning("chaos: killing the global scheduler (Ray restarts it)")
             ray.kill(self._global, no_restart=False)
         else:
-            node = self._node_to_kill(index)
+            try:
+                node = self._node_to_kill(index)
+            except ConfigError as error:  # it may have died since the replay started
+                log.warning("chaos: %s; nothing killed", error)
+                return
             log.warning("chaos: killing node %s", node[:12])
             kill_node.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
                 node, soft=False)).remote()
