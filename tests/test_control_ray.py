@@ -4,6 +4,8 @@ once), adaptive concurrency and the forecast report what they did."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -62,6 +64,15 @@ def test_adaptive_concurrency_and_the_forecast_report_what_they_did(ray_local, t
         result = replay(trace, policy="ml", slots=4, engine=SchedulerEngine(scheduler),
                         show_progress=False)
         stats = scheduler.control_stats()
+        # A forecast of more than its slots pre-warms worker processes up to its maximum.
+        import ray
+        local = ray.get(scheduler._global.local_handles.remote(), timeout=30)[0]
+        ray.get(local.hint_demand.remote(5.0), timeout=30)
+        deadline = time.monotonic() + 60
+        while (time.monotonic() < deadline
+               and ray.get(local.concurrency_stats.remote(), timeout=30)["warm_workers"] != 3):
+            time.sleep(0.2)
+        assert ray.get(local.concurrency_stats.remote(), timeout=30)["warm_workers"] == 3
     finally:
         scheduler.shutdown()
     assert result.summary["n_ok"] == n

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import math
 import time
 
 import ray
@@ -71,6 +72,8 @@ class LocalScheduler:
                 slots, min_slots=min(float(slots), max(1.0, slots * controls.min_slots)),
                 max_slots=slots * controls.max_slots)
         self._jct = [0, 0.0]  # completions and their summed JCT here, since the last sample
+        self._warm = int(slots)  # worker processes started for this node (warmup, pre-warm)
+        self._warming = None
         self._controller: asyncio.Task | None = None
         most = slots * (controls.max_slots if controls.adaptive else 1.0)
         self._pool = concurrent.futures.ThreadPoolExecutor(
@@ -154,16 +157,32 @@ class LocalScheduler:
         return [task.task_id for task in self.core.give_up(max_tasks, min_runtime_s)]
 
     async def hint_demand(self, busy_slots: float) -> None:
-        """A forecast: the slots the next window is expected to need here."""
-        if self._concurrency is not None:
-            self._concurrency.hint_demand(busy_slots)
+        """A forecast: the slots the next window is expected to need here. The adaptive
+        controller pre-scales to it, and worker processes for the slots beyond those already
+        warm start now, before the burst reaches them."""
+        if self._concurrency is None:
+            return
+        self._concurrency.hint_demand(busy_slots)
+        want = int(math.ceil(min(busy_slots, self._concurrency.max_slots)))
+        if want > self._warm and self._warming is None:
+            extra, self._warm = want - self._warm, want
+            self._warming = asyncio.get_running_loop().run_in_executor(
+                None, warm_workers, extra,
+                {"scheduling_strategy": self._strategy, "num_cpus": 0})
+            self._warming.add_done_callback(self._warmed)
+
+    def _warmed(self, future) -> None:
+        self._warming = None
+        if future.exception() is not None:
+            self._warm = int(self.core.slots)  # try again at the next hint
 
     async def concurrency_stats(self) -> dict | None:
         """Adaptive concurrency: the slots now, the counts, and every change with its
         effect (None when it is off)."""
         if self._concurrency is None:
             return None
-        return {**self._concurrency.stats(), "history": self._concurrency.history()}
+        return {**self._concurrency.stats(), "warm_workers": self._warm,
+                "history": self._concurrency.history()}
 
     async def _concurrency_loop(self) -> None:
         """Sample the node's load and this queue, and apply the controller's slot count."""
