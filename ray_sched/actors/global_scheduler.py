@@ -222,13 +222,13 @@ class GlobalScheduler:
             failed_ids: tasks recorded as failed (for the parents of waiting tasks; every
                 other recorded parent was ok).
 
-        A task a live local scheduler holds (queued or running) goes back into the ledger
-        there and completes as usual. Every other task is admitted again and runs again:
-        those that were waiting for parents or in transit, and those whose completion was
-        lost with the old incarnation (sent to it, or recorded by it and not yet taken by
-        the driver); ``attempts`` does not count that lost run. The old incarnation's
-        decision log, forecast and steal counts are gone; the monitor and the learner,
-        named detached actors, keep theirs.
+        A task a live local scheduler holds (queued, running, or finished with its
+        completion not yet acknowledged: local schedulers resend until it is) goes back
+        into the ledger there and completes as usual. Every other task is admitted anew:
+        those that were waiting for parents or in transit, and those the old incarnation
+        recorded but the driver had not yet taken, which run again (``attempts`` does not
+        count that lost run). The old incarnation's decision log, forecast and steal
+        counts are gone; the monitor and the learner, named detached actors, keep theirs.
 
         Returns:
             ``{"restarted": False}`` when this incarnation never lost state, else the counts
