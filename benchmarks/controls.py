@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
              f"{args.tasks} tasks, load {LOAD}, {SLOTS} slots over {LOCAL_SCHEDULERS} local "
              f"schedulers, fresh model, {args.repeats} repeat(s), seed {args.seed}; "
              f"`.venv/bin/python benchmarks/controls.py --tasks {args.tasks} "
-             f"--repeats {args.repeats}`.", "",
+             f"--repeats {args.repeats} --seed {args.seed}`.", "",
              "| variant | JCT mean (s) | vs default | vs ray-default | JCT p99 (s) "
              "| makespan (s) | stolen | inline | forecast MAE (naive) (tasks/s) "
              "| slot changes (rolled back) |",
