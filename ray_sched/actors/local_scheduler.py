@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import math
 import time
 
@@ -31,6 +32,8 @@ from ray_sched.policies import ORDERINGS
 from ray_sched.policies.learned import REFRESH_EVERY_S, REFRESH_MAX_TASKS
 from ray_sched.policies.local import LocalCore
 from ray_sched.task import Completion, Task, without_payload
+
+log = logging.getLogger(__name__)
 
 #: Adaptive concurrency samples the node's load this often (its windows are longer).
 CONCURRENCY_SAMPLE_S = 0.5
@@ -145,8 +148,9 @@ class LocalScheduler:
         return state
 
     async def held(self) -> list[str]:
-        """Ids of every task here without a completion sent: queued, running, and finished
-        with its completion not yet flushed (a restarted global scheduler's ledger)."""
+        """Ids of every task here whose completion the global scheduler has not
+        acknowledged: queued, running, finished and not yet flushed, or sent and not yet
+        taken (a restarted global scheduler's ledger)."""
         unacked = [c.task_id for batch in self._unacked.values() for c in batch]
         return (list(self.core.running) + [task.task_id for task in self.core.queue]
                 + [completion.task_id for completion in self._outbox] + unacked)
@@ -312,11 +316,14 @@ class LocalScheduler:
         try:
             await ack
             self._unacked.pop(key, None)
-        except Exception:  # noqa: BLE001 - the global scheduler is away: resend
+        except ray.exceptions.RayActorError:  # dead or restarting: resend
             await asyncio.sleep(RESEND_AFTER_S)
             batch = self._unacked.pop(key, None)
             if batch:
                 self._send(batch)
+        except Exception:  # noqa: BLE001 - it failed on them: resending would fail again
+            log.exception("the global scheduler failed on %d completion(s); kept as held",
+                          len(self._unacked.get(key, ())))
 
 
 def vars_of(snapshot) -> dict:
