@@ -252,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     sensitivity.add_argument("--param", required=True,
                              help="launch_overhead_s, load, slots, or a weight of the learned "
                                   "ordering: PRIORITY_WEIGHT, DEADLINE_WEIGHT, AGE_WEIGHT, "
-                                  "FAIRNESS_WEIGHT, DEADLINE_MARGIN")
+                                  "FAIRNESS_WEIGHT, DEADLINE_MARGIN, WIDTH_WEIGHT")
     sensitivity.add_argument("--values", required=True,
                              help="comma-separated values; the first is the reference")
     sensitivity.add_argument("--scenario", default="mixed",

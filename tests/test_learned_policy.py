@@ -20,7 +20,7 @@ from ray_sched.task import Task
 pytestmark = pytest.mark.unit
 
 WEIGHTS = ("priority_weight", "deadline_weight", "age_weight", "fairness_weight",
-           "deadline_margin")
+           "deadline_margin", "width_weight")
 
 
 def predicted(task_id: str, mean_s: float = 1.0, *, p50_s: float | None = None,
@@ -145,6 +145,12 @@ def test_the_mean_not_the_median_decides():
     assert drained_ids(queue) == ["steady", "heavy-tail"]
 
 
+def test_at_equal_predicted_runtimes_the_task_taking_fewer_slots_runs_first():
+    queue = queue_of(predicted("wide", 1.0, cpu=8.0, seq=0), predicted("narrow", 1.0, seq=1),
+                     predicted("half", 1.0, cpu=0.5, seq=2))
+    assert drained_ids(queue) == ["half", "narrow", "wide"]
+
+
 def test_equal_scores_run_in_arrival_order():
     queue = queue_of(*(predicted(f"t{i}", 1.0, seq=i) for i in (3, 1, 2, 0)))
     assert drained_ids(queue) == ["t0", "t1", "t2", "t3"]
@@ -257,11 +263,18 @@ def fairness_case(**ordering_weights) -> tuple[ScoredQueue, float]:
     return fairness_queue(**ordering_weights), 0.0
 
 
+def width_pair(**ordering_weights) -> tuple[ScoredQueue, float]:
+    # 0.1 s on 4 slots is 0.4 slot-seconds; 0.3 s on one slot, 0.3.
+    return queue_of(predicted("wide", 0.1, cpu=4.0, seq=0), predicted("narrow", 0.3, seq=1),
+                    ordering=LearnedOrdering(**ordering_weights)), 0.0
+
+
 @pytest.mark.parametrize("weight, case, head_with_term, head_without_term", [
     ("priority_weight", priority_pair, "high", "low"),
     ("deadline_weight", deadline_case, "due", "free"),
     ("age_weight", aging_pair, "long", "short"),
     ("fairness_weight", fairness_case, "b1", "a2"),
+    ("width_weight", width_pair, "narrow", "wide"),
 ], ids=lambda v: v if isinstance(v, str) and v.endswith("weight") else None)
 def test_a_zero_weight_switches_its_term_off(weight, case, head_with_term, head_without_term):
     queue, now = case()

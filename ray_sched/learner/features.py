@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from itertools import chain
 
 import numpy as np
 import scipy.sparse as sp
@@ -36,8 +37,6 @@ SCALE_ALPHA = 0.01
 CLIP_SIGMAS = 5.0
 #: Cached strings -> bucket before the caches are reset (bounds memory on endless ids).
 CACHE_LIMIT = 200_000
-_ONES = (1.0,) * 8
-_INFINITIES = (math.inf, -math.inf)
 #: Numbers as features: Python's and numpy's (bool counts as 0/1).
 _NUMBERS = (int, float, np.number)
 
@@ -65,7 +64,7 @@ class FeatureEncoder:
         self.numeric_stats_: dict[str, list[float]] = {}
         self._buckets: dict[str, int] = {}
         self._categorical_cache: dict[tuple, tuple[int, ...]] = {}
-        self._numeric_cache: dict[tuple[str, str], tuple[int, int]] = {}
+        self._numeric_cache: dict[tuple[str, str], int] = {}
 
     def _index(self, text: str) -> int:
         index = self._buckets.get(text)
@@ -106,55 +105,92 @@ class FeatureEncoder:
     def transform(self, tasks: list[Task]) -> sp.csr_matrix:
         """Encode a batch. Does not change the encoder (see :meth:`update`).
 
+        Column by column: the categorical columns of each (kind, tenant, region) are
+        cached; each feature is read across the batch at once and, when numeric, scaled
+        in one numpy operation.
+
         Returns:
             CSR matrix of shape (len(tasks), n_buckets), float64.
         """
-        indptr = [0]
-        indices: list[int] = []
-        data: list[float] = []
-        stats = self.numeric_stats_
+        n = len(tasks)
         categorical = self._categorical_cache
-        pairs = self._numeric_cache
         index = self._index
-        log1p = math.log1p
+        per_task = []
         for task in tasks:
-            kind = task.kind
-            key = (kind, task.tenant, task.region)
+            key = (task.kind, task.tenant, task.region)
             columns = categorical.get(key)
             if columns is None:
-                columns = [index("kind=" + kind), index("tenant=" + task.tenant)]
+                columns = [index("kind=" + task.kind), index("tenant=" + task.tenant)]
                 if task.region is not None:
                     columns.append(index("region=" + task.region))
                 columns = categorical[key] = tuple(columns)
-            indices.extend(columns)
-            data.extend(_ONES[: len(columns)])
-            for name, value in task.features.items():
-                if isinstance(value, str):
-                    indices.append(index(name + "=" + value))
-                    data.append(1.0)
+            per_task.append(columns)
+        lengths = np.fromiter(map(len, per_task), dtype=np.int64, count=n)
+        row_parts = [np.repeat(np.arange(n, dtype=np.int64), lengths)]
+        index_parts = [np.fromiter(chain.from_iterable(per_task), dtype=np.int64,
+                                   count=int(lengths.sum()))]
+        data_parts = [np.ones(len(index_parts[0]))]
+        dicts = [task.features for task in tasks]
+        kinds: list[str] | None = None
+        for name in sorted(set().union(*dicts)):
+            values = [features.get(name) for features in dicts]
+            strings = [row for row, value in enumerate(values) if isinstance(value, str)]
+            if strings:
+                row_parts.append(np.asarray(strings, dtype=np.int64))
+                index_parts.append(np.fromiter((index(name + "=" + values[row])
+                                                for row in strings), dtype=np.int64,
+                                               count=len(strings)))
+                data_parts.append(np.ones(len(strings)))
+                if len(strings) == n:
                     continue
-                entry = stats.get(name)
-                if entry is None or not isinstance(value, _NUMBERS):
-                    continue  # never seen (no scale yet) or not a number: contributes nothing
-                value = float(value)
-                if value != value or value in _INFINITIES:
-                    continue
-                squashed = log1p(value) if value >= 0 else -log1p(-value)
-                z = (squashed - entry[1]) / math.sqrt(entry[2] + 1e-9)
-                z = CLIP_SIGMAS if z > CLIP_SIGMAS else (-CLIP_SIGMAS if z < -CLIP_SIGMAS else z)
-                pair = pairs.get((kind, name))
-                if pair is None:
-                    pair = pairs[(kind, name)] = (index("num:" + name),
-                                                  index("num:" + kind + "|" + name))
-                indices.extend(pair)
-                data.extend((z, z))
-            indptr.append(len(indices))
-        matrix = sp.csr_matrix((np.asarray(data, dtype=np.float64),
-                                np.asarray(indices, dtype=np.int32),
-                                np.asarray(indptr, dtype=np.int32)),
-                               shape=(len(tasks), self.n_buckets))
-        matrix.sum_duplicates()  # colliding entries of one row add up
-        return matrix
+                for row in strings:
+                    values[row] = None
+            entry = self.numeric_stats_.get(name)
+            if entry is None:
+                continue  # never seen as a number: no scale yet, contributes nothing
+            z, keep = self._scaled(values, entry)
+            rows = np.flatnonzero(keep)
+            if not len(rows):
+                continue
+            if kinds is None:
+                kinds = [task.kind for task in tasks]
+            row_parts += [rows, rows]
+            index_parts += [np.full(len(rows), index("num:" + name), dtype=np.int64),
+                            self._numeric_columns(name, [kinds[row] for row in rows.tolist()])]
+            data_parts += [z[rows], z[rows]]
+        # COO -> CSR adds up colliding entries of one row.
+        return sp.coo_matrix((np.concatenate(data_parts),
+                              (np.concatenate(row_parts), np.concatenate(index_parts))),
+                             shape=(n, self.n_buckets)).tocsr()
+
+    @staticmethod
+    def _scaled(values: list, entry: list[float]) -> tuple[np.ndarray, np.ndarray]:
+        """(standardised squashed values, which values count): numbers only, finite
+        (None, a missing value, counts as not a number)."""
+        try:
+            array = np.array(values, dtype=np.float64)
+        except (TypeError, ValueError):  # something that is not a number among them
+            array = np.array([float(v) if isinstance(v, _NUMBERS) else math.nan
+                              for v in values], dtype=np.float64)
+        else:
+            if array.ndim != 1:
+                array = np.full(len(values), math.nan)
+        keep = np.isfinite(array)
+        squashed = np.sign(array) * np.log1p(np.abs(np.where(keep, array, 0.0)))
+        z = np.clip((squashed - entry[1]) / math.sqrt(entry[2] + 1e-9), -CLIP_SIGMAS, CLIP_SIGMAS)
+        return z, keep
+
+    def _numeric_columns(self, name: str, kinds: list[str]) -> np.ndarray:
+        """The column of ``kind|name`` for each row's kind."""
+        pairs = self._numeric_cache
+        index = self._index
+        result = []
+        for kind in kinds:
+            column = pairs.get((kind, name))
+            if column is None:
+                column = pairs[(kind, name)] = index("num:" + kind + "|" + name)
+            result.append(column)
+        return np.asarray(result, dtype=np.int64)
 
     def get_state(self) -> tuple[dict, dict[str, np.ndarray]]:
         """(JSON-able metadata, numpy arrays) for a checkpoint."""

@@ -130,7 +130,7 @@ class Learner:
             measured = measured[keep]
         # p90 coverage from the residuals: measured <= exp(mu + q90) iff residual <= q90,
         # with q90 as it stood before these tasks were learned (no second prediction pass).
-        q90 = self.runtime.residuals_.lookup([t.kind for t in tasks])[:, 1]
+        q90 = self.runtime.spread(tasks)[:, 1]
         residuals = self.runtime.observe(tasks, measured)
         self.priority.observe(tasks)
         self._abs_errors.extend(np.abs(residuals).tolist())

@@ -8,8 +8,9 @@ JSON metadata (never a pickle) and loads back to identical predictions.
 from __future__ import annotations
 
 import math
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
+from operator import itemgetter
 
 import numpy as np
 from sklearn.linear_model import SGDRegressor
@@ -51,6 +52,24 @@ DRIFT_MIN_TASKS = 100
 DRIFT_ERROR_CLIP = 3.0
 #: The fast average must stay above DRIFT_RATIO x the slow one for this many tasks in a row.
 DRIFT_PERSISTENCE = 8
+#: Recent runs: the last this many log runtimes of "the same task again" (same kind, tenant,
+#: region, cpu and feature values), and of the same kind and tenant, predict the next one
+#: (Tsafrir et al., 2007: the mean of a user's last two jobs beats models of the job's
+#: features on HPC logs; on NASA iPSC windows 0.55-1.0 log error against the online
+#: model's 1.1).
+RECENT_DEPTH = 2
+#: Keys remembered per level, least recently seen forgotten first (bounds memory on
+#: endless unique tasks, where the exact level never repeats anyway).
+RECENT_KEYS_MAX = 10_000
+#: Weight of a new task in the running moments that set how far each level of recent runs
+#: moves the model's prediction (about the last 1/alpha tasks count).
+RECENT_BLEND_ALPHA = 0.02
+#: The moments start as this many pseudo-tasks saying "half way between model and history"
+#: (a gap of one log unit, closed half way).
+RECENT_BLEND_PRIOR = 4.0
+#: Residuals (log) are clipped at this in the blend moments: one 30x outlier must not
+#: decide the weight.
+RECENT_CLIP = 3.0
 
 
 class NotFittedError(ValueError, AttributeError):
@@ -147,8 +166,191 @@ class KeyedAverage:
         return means, counts
 
 
+def _signature(task: Task) -> tuple:
+    """What makes two tasks "the same task again": kind, tenant, region, cpu and every
+    feature value, whatever the order of the features."""
+    features = task.features
+    names = tuple(features)
+    order = _FEATURE_ORDERS.get(names)
+    if order is None:
+        if len(_FEATURE_ORDERS) > 10_000:
+            _FEATURE_ORDERS.clear()
+        ordered = tuple(sorted(names))
+        # itemgetter reads several values into a tuple in C; one value alone is not reordered.
+        order = _FEATURE_ORDERS[names] = (
+            ordered, None if len(ordered) < 2 or ordered == names else itemgetter(*ordered))
+    ordered, reorder = order
+    values = tuple(features.values()) if reorder is None else reorder(features)
+    return (task.kind, task.tenant, task.region, task.cpu, ordered, values)
+
+
+#: Feature names in a task's order -> (sorted names, how to read values in that order).
+_FEATURE_ORDERS: dict[tuple, tuple] = {}
+
+
+def _hashable_signature(key: tuple) -> tuple:
+    """A signature whose unhashable feature values are replaced by their repr."""
+    *head, values = key
+    return (*head, tuple(v if _hashable(v) else repr(v) for v in values))
+
+
+def _hashable(value) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _signature_to_json(key: tuple) -> list:
+    kind, tenant, region, cpu, names, values = key
+    return [kind, tenant, region, cpu, list(names), list(values)]
+
+
+def _signature_from_json(item: list) -> tuple:
+    kind, tenant, region, cpu, names, values = item
+    return (kind, tenant, region, cpu, tuple(names), tuple(values))
+
+
+class RecentRuns:
+    """The last RECENT_DEPTH log runtimes per key at two levels: the exact task signature
+    (kind, tenant, region, cpu and every feature value) and kind with tenant; and how far
+    each level should move a base prediction, learnt online.
+
+    For a task, the most specific level with a recorded run speaks. Its weight ``w`` is
+    the least-squares slope of (log runtime - base) on (recent mean - base) over recent
+    tasks where that level spoke: 1 when recent runs are the truth, 0 when they add
+    nothing to the base model (unique tasks, or runtimes that depend on sizes the base
+    model already reads), clipped to [0, 1].
+
+    Learned state: ``runs_`` (level -> OrderedDict key -> list of log runtimes) and
+    ``moments_`` (level -> [tasks, mean xy, mean xx], exponentially weighted once past
+    1/alpha tasks).
+    """
+
+    LEVELS = ("task", "tenant-kind")
+
+    def __init__(self, *, depth: int = RECENT_DEPTH, max_keys: int = RECENT_KEYS_MAX,
+                 alpha: float = RECENT_BLEND_ALPHA):
+        self.depth = depth
+        self.max_keys = max_keys
+        self.alpha = alpha
+        self.runs_: dict[str, OrderedDict[tuple, list[float]]] = {
+            level: OrderedDict() for level in self.LEVELS}
+        self.moments_: dict[str, list[float]] = {
+            level: [0.0, 0.0, 1.0] for level in self.LEVELS}
+        # key -> (level index, mean of its runs), kept beside runs_ for lookups.
+        self._summary: dict[str, dict[tuple, tuple[int, float]]] = {
+            level: {} for level in self.LEVELS}
+
+    def lookup(self, tasks: list[Task]) -> tuple[list, np.ndarray, np.ndarray]:
+        """(keys: (task signature, (kind, tenant)) per task, recent mean log runtime,
+        level index); level -1 (and mean nan) where neither level has a run."""
+        task_runs, tenant_runs = self._summary["task"].get, self._summary["tenant-kind"].get
+        keys: list[tuple[tuple, tuple]] = []
+        found: list[tuple[int, float]] = []
+        nothing = (-1, math.nan)
+        for task in tasks:
+            task_key, tenant_key = _signature(task), (task.kind, task.tenant)
+            try:
+                summary = task_runs(task_key)
+            except TypeError:  # a feature value that cannot be hashed
+                task_key = _hashable_signature(task_key)
+                summary = task_runs(task_key)
+            keys.append((task_key, tenant_key))
+            found.append(summary or tenant_runs(tenant_key) or nothing)
+        array = np.array(found, dtype=np.float64).reshape(len(found), 2)
+        return keys, array[:, 1], array[:, 0].astype(np.int64)
+
+    def weights(self) -> np.ndarray:
+        """The blend weight of each level, shape (len(LEVELS),)."""
+        return np.array([min(1.0, max(0.0, xy / xx)) if xx > 0 else 0.0
+                         for _, xy, xx in (self.moments_[level] for level in self.LEVELS)])
+
+    def blend(self, base: np.ndarray, means: np.ndarray, levels: np.ndarray) -> np.ndarray:
+        """The base prediction moved toward the recent runs by each level's weight."""
+        spoke = levels >= 0
+        if not spoke.any():
+            return base
+        result = base.copy()
+        weight = self.weights()[levels[spoke]]
+        result[spoke] += weight * (means[spoke] - base[spoke])
+        return result
+
+    def learn(self, keys: list[tuple[tuple, tuple]], base: np.ndarray, means: np.ndarray,
+              levels: np.ndarray, targets: np.ndarray, *, alpha: float | None = None) -> None:
+        """Update the blend moments (with the lookups made before these runs were known),
+        then record the runs."""
+        alpha = alpha or self.alpha
+        x = np.clip(means - base, -RECENT_CLIP, RECENT_CLIP)
+        y = np.clip(targets - base, -RECENT_CLIP, RECENT_CLIP)
+        for index, level in enumerate(self.LEVELS):
+            rows = np.nonzero(levels == index)[0]
+            moments = self.moments_[level]
+            for xi, yi in zip(x[rows].tolist(), y[rows].tolist()):
+                moments[0] += 1
+                rate = max(alpha, 1.0 / (moments[0] + RECENT_BLEND_PRIOR))
+                moments[1] += rate * (xi * yi - moments[1])
+                moments[2] += rate * (xi * xi - moments[2])
+        for column, level in enumerate(self.LEVELS):
+            runs, summary = self.runs_[level], self._summary[level]
+            for pair, value in zip(keys, targets.tolist()):
+                key = pair[column]
+                entry = runs.get(key)
+                if entry is None:
+                    entry = runs[key] = [value]
+                    if len(runs) > self.max_keys:
+                        forgotten, _ = runs.popitem(last=False)
+                        del summary[forgotten]
+                else:
+                    runs.move_to_end(key)
+                    entry.append(value)
+                    del entry[:-self.depth]
+                summary[key] = (column, sum(entry) / len(entry))
+
+    def get_state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        task_runs, tenant_runs = self.runs_["task"], self.runs_["tenant-kind"]
+        meta = {"depth": self.depth, "max_keys": self.max_keys, "alpha": self.alpha,
+                "moments": self.moments_,
+                "task_keys": [_signature_to_json(key) for key in task_runs],
+                "tenant_kind_keys": [list(key) for key in tenant_runs]}
+        arrays = {}
+        for level, runs in (("task", task_runs), ("tenant-kind", tenant_runs)):
+            values = np.full((len(runs), self.depth), np.nan)
+            for row, entry in enumerate(runs.values()):
+                values[row, :len(entry)] = entry
+            arrays[f"{level}.values"] = values
+        return meta, arrays
+
+    @classmethod
+    def from_state(cls, meta: dict, arrays: dict[str, np.ndarray]) -> RecentRuns:
+        recent = cls(depth=int(meta["depth"]), max_keys=int(meta["max_keys"]),
+                     alpha=float(meta["alpha"]))
+        recent.moments_ = {level: [float(v) for v in meta["moments"][level]]
+                           for level in cls.LEVELS}
+        for column, (level, keys) in enumerate((
+                ("task", [_signature_from_json(k) for k in meta["task_keys"]]),
+                ("tenant-kind", [tuple(k) for k in meta["tenant_kind_keys"]]))):
+            runs, summary = recent.runs_[level], recent._summary[level]
+            for key, row in zip(keys, arrays[f"{level}.values"]):
+                entry = runs[key] = [float(v) for v in row if v == v]
+                summary[key] = (column, sum(entry) / len(entry))
+        return recent
+
+
+#: What a prediction stood on, from most to least (RuntimeModel.evidence): the spread of
+#: its error differs by an order of magnitude between "ran before" and "never seen".
+EVIDENCE = ("task", "tenant-kind", "kind", "new")
+#: Residual windows of an evidence level are kept under these keys (apart from kinds').
+EVIDENCE_KEY = "\x1fevidence="
+
+
 class ResidualQuantiles:
-    """Recent residuals (log measured - log predicted) per kind and overall; their quantiles."""
+    """Recent residuals (log measured - log predicted) per key (kind) and per group (the
+    evidence level), and overall; their quantiles. A key's window speaks once it holds
+    MIN_WINDOW residuals, else its group's, else the overall one."""
+
+    MIN_WINDOW = 20
 
     def __init__(self, window: int = RESIDUAL_WINDOW):
         self.window = window
@@ -156,9 +358,14 @@ class ResidualQuantiles:
         self.overall_: deque = deque(maxlen=4 * window)
         self._cache: dict[str | None, tuple[float, float, float]] = {}
 
-    def add(self, keys: list[str], residuals: np.ndarray) -> None:
-        for key, value in zip(keys, residuals.tolist()):
-            self.per_key_.setdefault(key, deque(maxlen=self.window)).append(value)
+    def add(self, keys: list[str], residuals: np.ndarray,
+            groups: list[str] | None = None) -> None:
+        windows = self.per_key_
+        for i, (key, value) in enumerate(zip(keys, residuals.tolist())):
+            windows.setdefault(key, deque(maxlen=self.window)).append(value)
+            if groups is not None:
+                windows.setdefault(EVIDENCE_KEY + groups[i], deque(maxlen=self.window)).append(
+                    value)
             self.overall_.append(value)
         self._cache.clear()
 
@@ -169,27 +376,55 @@ class ResidualQuantiles:
         self.overall_ = deque(list(self.overall_)[-keep * 4:], maxlen=4 * self.window)
         self._cache.clear()
 
-    def _stats(self, key: str | None) -> tuple[float, float, float]:
-        """(q50, q90, log mean of exp(residual)) for a key, from the overall window when the
-        key has fewer than 20 residuals."""
-        cached = self._cache.get(key)
+    def _stats(self, key: str, group: str | None) -> tuple[float, float, float]:
+        """(q50, q90, log mean of exp(residual)) for a key: from its own window, its
+        group's, or the overall one, the first with MIN_WINDOW residuals."""
+        cached = self._cache.get((key, group))
         if cached is not None:
             return cached
-        values = self.per_key_.get(key) if key is not None else None
-        if values is None or len(values) < 20:
-            values = self.overall_ if key is not None else self.overall_
-        if len(values) < 20:
+        values = self.per_key_.get(key)
+        if (values is None or len(values) < self.MIN_WINDOW) and group is not None:
+            values = self.per_key_.get(EVIDENCE_KEY + group)
+        if values is None or len(values) < self.MIN_WINDOW:
+            values = self.overall_
+        if len(values) < self.MIN_WINDOW:
             result = (0.0, DEFAULT_P90_SPREAD, DEFAULT_P90_SPREAD ** 2 / 2.6)
         else:
             array = np.fromiter(values, dtype=np.float64)
             q50, q90 = np.quantile(array, [0.5, 0.9])
             result = (float(q50), float(q90), float(np.log(np.mean(np.exp(array)))))
-        self._cache[key] = result
+        self._cache[(key, group)] = result
         return result
 
-    def lookup(self, keys: list[str]) -> np.ndarray:
-        """Array of shape (n, 3): q50, q90 and log-mean correction per key."""
-        return np.array([self._stats(k) for k in keys]).reshape(len(keys), 3)
+    def lookup(self, keys: list[str], groups: list[str] | None = None) -> np.ndarray:
+        """Array of shape (n, 3): q50, q90 and log-mean correction per key (and group)."""
+        groups = groups if groups is not None else [None] * len(keys)
+        return self.lookup_pairs(list(zip(keys, groups)))
+
+    def lookup_pairs(self, pairs: list[tuple[str, str | None]]) -> np.ndarray:
+        """:meth:`lookup` for (key, group) pairs, each distinct pair looked up once."""
+        codes: dict[tuple, int] = {}
+        rows = [codes.setdefault(pair, len(codes)) for pair in pairs]
+        table = np.array([self._stats(key, group) for key, group in codes]).reshape(-1, 3)
+        return table[np.asarray(rows, dtype=np.int64)] if rows else np.zeros((0, 3))
+
+
+def _spread_pairs(tasks: list[Task], evidence: np.ndarray) -> list[tuple[str, str]]:
+    """(residual window of the task's kind on its evidence, window of the evidence)."""
+    names = _SPREAD_NAMES
+    pairs = []
+    for task, level in zip(tasks, evidence.tolist()):
+        pair = names.get((task.kind, level))
+        if pair is None:
+            if len(names) > 100_000:
+                names.clear()
+            pair = names[(task.kind, level)] = (f"{task.kind}\x1f{EVIDENCE[level]}",
+                                                EVIDENCE[level])
+        pairs.append(pair)
+    return pairs
+
+
+_SPREAD_NAMES: dict[tuple[str, int], tuple[str, str]] = {}
 
 
 @dataclass
@@ -205,10 +440,12 @@ class RuntimePrediction:
 class RuntimeModel:
     """Online runtime prediction with a per-kind cold-start prior and residual quantiles.
 
-    Prediction in log space: ``mu = prior[kind] + w * regression(x)``, with the per-kind
+    Prediction in log space: ``base = prior[kind] + w * regression(x)``, with the per-kind
     moving average of log runtime as the prior (the way Dask keeps one per key prefix)
     and ``w = n_kind / (n_kind + blend_tasks)``; the regression learns what the features
-    add *within* a kind. ``p50 = exp(mu + q50)`` and ``p90 = exp(mu + q90)`` from online
+    add *within* a kind. Then ``mu`` moves from ``base`` toward the task's recent runs
+    (:class:`RecentRuns`: the same task, else the same tenant and kind) as far as that
+    has paid lately. ``p50 = exp(mu + q50)`` and ``p90 = exp(mu + q90)`` from online
     quantiles of recent residuals. Drift (a jump of the recent error over the long-run
     error) boosts the prior's and the regression's step sizes for a while and forgets
     old residuals.
@@ -219,11 +456,12 @@ class RuntimeModel:
         prior_alpha: weight of a new observation in the per-kind prior.
         blend_tasks: evidence at which prior and regression weigh the same.
         default_runtime_s: prediction for a kind (and a world) never seen.
+        recent_runs: learn from recent runs of the same task (False: the base model only).
     """
 
     def __init__(self, *, n_buckets: int = DEFAULT_BUCKETS, learning_rate: float = LEARNING_RATE,
                  prior_alpha: float = PRIOR_ALPHA, blend_tasks: float = BLEND_TASKS,
-                 default_runtime_s: float = DEFAULT_RUNTIME_S):
+                 default_runtime_s: float = DEFAULT_RUNTIME_S, recent_runs: bool = True):
         check_range("n_buckets", n_buckets, 16)
         check_range("learning_rate", learning_rate, 0.0, 1.0, low_open=True)
         check_range("prior_alpha", prior_alpha, 0.0, 1.0, low_open=True)
@@ -234,10 +472,12 @@ class RuntimeModel:
         self.prior_alpha = prior_alpha
         self.blend_tasks = blend_tasks
         self.default_runtime_s = default_runtime_s
+        self.recent_runs = bool(recent_runs)
         self.encoder_ = FeatureEncoder(n_buckets=n_buckets)
         self.prior_ = KeyedAverage(prior_alpha)
         self.regression_ = OnlineRegressor(learning_rate=learning_rate)
         self.residuals_ = ResidualQuantiles()
+        self.recent_ = RecentRuns()
         self.n_seen_ = 0
         self.error_fast_ = 0.0
         self.error_slow_ = 0.0
@@ -245,21 +485,41 @@ class RuntimeModel:
         self.high_streak_ = 0
         self.drift_events_: list[int] = []
 
-    def _log_mu(self, tasks: list[Task], matrix=None) -> np.ndarray:
+    def _base_log_mu(self, tasks: list[Task]) -> tuple[np.ndarray, np.ndarray]:
+        """(base log runtime, tasks of the kind seen so far) per task."""
         kinds = [t.kind for t in tasks]
         prior, counts = self.prior_.lookup(kinds, math.log(self.default_runtime_s))
         if not self.regression_.fitted:
-            return prior
-        if matrix is None:
-            matrix = self.encoder_.transform(tasks)
+            return prior, counts
+        matrix = self.encoder_.transform(tasks)
         # Unseen kinds (count 0) still get the regression: their tenant and features speak.
         weight = (counts + self.blend_tasks * UNSEEN_KIND_WEIGHT) / (counts + self.blend_tasks)
-        return prior + weight * self.regression_.predict(matrix)
+        return prior + weight * self.regression_.predict(matrix), counts
+
+    def _log_mu(self, tasks: list[Task]) -> tuple[np.ndarray, np.ndarray, tuple | None]:
+        """(mu, evidence per task (an index into EVIDENCE), what recent runs said: keys,
+        base, means, levels; None when recent runs are off)."""
+        base, counts = self._base_log_mu(tasks)
+        kind_evidence = np.where(counts > 0, 2, 3)
+        if not self.recent_runs:
+            return base, kind_evidence, None
+        keys, means, levels = self.recent_.lookup(tasks)
+        evidence = np.where(levels >= 0, levels, kind_evidence)
+        return (self.recent_.blend(base, means, levels), evidence,
+                (keys, base, means, levels))
+
+    def spread(self, tasks: list[Task], evidence: np.ndarray | None = None) -> np.ndarray:
+        """(q50, q90, log-mean correction) of the log residual per task, shape (n, 3): from
+        tasks of its kind predicted on the same evidence, else from all tasks predicted on
+        that evidence, else from all."""
+        if evidence is None:
+            evidence = self._log_mu(tasks)[1]
+        return self.residuals_.lookup_pairs(_spread_pairs(tasks, evidence))
 
     def predict(self, tasks: list[Task]) -> RuntimePrediction:
         """Predict runtimes for a batch (works before any observation: the default prior)."""
-        log_mu = self._log_mu(tasks)
-        spread = self.residuals_.lookup([t.kind for t in tasks])
+        log_mu, evidence, _ = self._log_mu(tasks)
+        spread = self.spread(tasks, evidence)
         return RuntimePrediction(log_mu=log_mu, p50_s=np.exp(log_mu + spread[:, 0]),
                                  p90_s=np.exp(log_mu + spread[:, 1]),
                                  mean_s=np.exp(log_mu + spread[:, 2]))
@@ -271,10 +531,16 @@ class RuntimeModel:
             return np.zeros(0)
         y = np.log(np.maximum(np.asarray(measured_runtime_s, dtype=np.float64), MIN_RUNTIME_S))
         kinds = [t.kind for t in tasks]
-        residuals = y - self._log_mu(tasks)
+        log_mu, evidence, recent = self._log_mu(tasks)
+        residuals = y - log_mu
         self._track_error(residuals)
         boosted = self.n_seen_ < self.boost_until_
-        self.residuals_.add(kinds, residuals)
+        pairs = _spread_pairs(tasks, evidence)
+        self.residuals_.add([key for key, _ in pairs], residuals, [group for _, group in pairs])
+        if recent is not None:
+            keys, base, means, levels = recent
+            self.recent_.learn(keys, base, means, levels, y, alpha=self.recent_.alpha * (
+                PRIOR_BOOST if boosted else 1.0))
         prior, _ = self.prior_.lookup(kinds, math.log(self.default_runtime_s))
         self.encoder_.update(tasks)
         matrix = self.encoder_.transform(tasks)
@@ -313,7 +579,8 @@ class RuntimeModel:
         meta = {
             "params": {"n_buckets": self.n_buckets, "learning_rate": self.learning_rate,
                        "prior_alpha": self.prior_alpha, "blend_tasks": self.blend_tasks,
-                       "default_runtime_s": self.default_runtime_s},
+                       "default_runtime_s": self.default_runtime_s,
+                       "recent_runs": self.recent_runs},
             "encoder": encoder_meta, "regression": regression_meta, "prior_kinds": kinds,
             "prior_overall": self.prior_.overall_, "residual_keys": residual_keys,
             "residual_lengths": [len(self.residuals_.per_key_[k]) for k in residual_keys],
@@ -329,6 +596,8 @@ class RuntimeModel:
         arrays["residuals"] = np.array(
             [v for k in residual_keys for v in self.residuals_.per_key_[k]], dtype=np.float64)
         arrays["residuals_overall"] = np.array(list(self.residuals_.overall_), dtype=np.float64)
+        meta["recent"], recent_arrays = self.recent_.get_state()
+        arrays.update({f"recent.{k}": v for k, v in recent_arrays.items()})
         return meta, arrays
 
     @classmethod
@@ -355,6 +624,10 @@ class RuntimeModel:
         model.boost_until_ = int(meta["boost_until"])
         model.high_streak_ = int(meta.get("high_streak", 0))
         model.drift_events_ = list(meta["drift_events"])
+        if "recent" in meta:  # checkpoints written before recent runs start without them
+            model.recent_ = RecentRuns.from_state(
+                meta["recent"], {k.split(".", 1)[1]: v for k, v in arrays.items()
+                                 if k.startswith("recent.")})
         return model
 
 

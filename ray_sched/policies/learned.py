@@ -4,6 +4,7 @@ where the predicted completion is soonest.
 Ordering score (lower runs first), every term in natural-log units of runtime::
 
     score = log(predicted mean runtime)                   shortest expected first
+          + WIDTH_WEIGHT * log(cpu)                       ... in slot-seconds (area)
           - PRIORITY_WEIGHT * priority                    declared (or predicted) 0..9
           - DEADLINE_WEIGHT * [deadline at risk]          now + p90 > deadline - margin,
                                                           while now + p50 still makes it
@@ -12,7 +13,10 @@ Ordering score (lower runs first), every term in natural-log units of runtime::
                                                           relative to the demanded share
 
 The mean (not the median) of the predicted distribution is used, so that an uncertain
-task with a heavy tail is not mistaken for a short one (3Sigma's lesson).
+task with a heavy tail is not mistaken for a short one (3Sigma's lesson). A task that
+takes several slots holds them all while it runs, and every task behind it waits for
+all of them: ordering by predicted area (runtime x slots) is the parallel form of
+shortest-first (with a wide task's runtime mispredicted, the cost scales with its width).
 """
 
 from __future__ import annotations
@@ -37,6 +41,11 @@ DEADLINE_MARGIN = 0.25
 AGE_WEIGHT = 0.5
 #: A tenant served twice its demanded share loses FAIRNESS_WEIGHT log units.
 FAIRNESS_WEIGHT = 0.5
+#: Width: log(cpu) counts this much; 1 orders by predicted slot-seconds. On 6 windows of
+#: the NASA iPSC log (1-8 slots a job), simulated: 2.43x -> 2.04x the clairvoyant
+#: oracle's mean JCT (which orders by true runtime alone); on the synthetic scenarios
+#: (2% of tasks take 2 slots) 0.97-1.02x of without it.
+WIDTH_WEIGHT = 1.0
 #: Predictions used for tasks that reach the queue without any (learner unavailable).
 FALLBACK_RUNTIME_S = 0.5
 #: Local schedulers re-predict their waiting tasks this often (seconds): the learner has
@@ -57,7 +66,7 @@ class ScoredQueue:
     """
 
     _FIELDS = ("log_mean", "log_p50", "p50", "p90", "priority", "deadline", "enqueued",
-               "seq", "tenant")
+               "seq", "tenant", "log_cpu")
 
     def __init__(self, ordering: LearnedOrdering, capacity: int = 256):
         self.ordering = ordering
@@ -113,6 +122,7 @@ class ScoredQueue:
                               else task.submitted_at + task.deadline_s)
         a["enqueued"][row] = task.submitted_at
         a["seq"][row] = task.seq
+        a["log_cpu"][row] = math.log(max(task.cpu, 1e-3))
         code = self._tenant(task.tenant)
         a["tenant"][row] = code
         self.demand_s[code] += math.exp(a["log_mean"][row]) * task.cpu
@@ -243,8 +253,8 @@ class LearnedOrdering(OrderingPolicy):
     """Order by the learner's predictions (see the module docstring for the score).
 
     Args:
-        priority_weight, deadline_weight, age_weight, fairness_weight: the score's weights
-            (log units of runtime; 0 switches a term off).
+        priority_weight, deadline_weight, age_weight, fairness_weight, width_weight: the
+            score's weights (log units of runtime; 0 switches a term off).
     """
 
     name = "ml"
@@ -253,20 +263,23 @@ class LearnedOrdering(OrderingPolicy):
     def __init__(self, *, priority_weight: float = PRIORITY_WEIGHT,
                  deadline_weight: float = DEADLINE_WEIGHT, age_weight: float = AGE_WEIGHT,
                  fairness_weight: float = FAIRNESS_WEIGHT,
-                 deadline_margin: float = DEADLINE_MARGIN):
+                 deadline_margin: float = DEADLINE_MARGIN, width_weight: float = WIDTH_WEIGHT):
         for label, value in (("priority_weight", priority_weight),
                              ("deadline_weight", deadline_weight), ("age_weight", age_weight),
                              ("fairness_weight", fairness_weight),
-                             ("deadline_margin", deadline_margin)):
+                             ("deadline_margin", deadline_margin),
+                             ("width_weight", width_weight)):
             check_range(label, value, 0.0)
         self.priority_weight = priority_weight
         self.deadline_weight = deadline_weight
         self.age_weight = age_weight
         self.fairness_weight = fairness_weight
         self.deadline_margin = deadline_margin
+        self.width_weight = width_weight
 
     def key(self, task: Task) -> tuple:  # a static approximation, for heap users
         return (math.log(max(task.predicted_mean_s or FALLBACK_RUNTIME_S, 1e-6))
+                + self.width_weight * math.log(max(task.cpu, 1e-3))
                 - self.priority_weight * (task.effective_priority or task.priority),
                 task.arrival_s)
 
@@ -277,6 +290,8 @@ class LearnedOrdering(OrderingPolicy):
                served_s: np.ndarray) -> np.ndarray:
         """Scores of the queued rows (arrays of shape (n,)); lower runs first."""
         score = a["log_mean"] - self.priority_weight * a["priority"]
+        if self.width_weight:
+            score = score + self.width_weight * a["log_cpu"]
         if self.age_weight:
             wait = np.maximum(now - a["enqueued"], 0.0)
             score = score - self.age_weight * np.log1p(wait / a["p50"])
