@@ -499,6 +499,9 @@ def test_describe_checkpoint_mentions_tasks_observed_and_kinds(trained_learner, 
     for kind in trained_learner.stats()["kinds"]:
         assert kind in text
     assert trained_learner.stats()["kinds"]
+    tenant_kind = trained_learner.stats()["recent_runs"]["tenant-kind"]
+    assert (f"same tenant-kind: {tenant_kind['keys']}, {tenant_kind['weight']:.2f}, "
+            f"{tenant_kind['tasks']}") in text
 
 
 # ----------------------------------------------------------------------------- learning
@@ -756,6 +759,9 @@ def test_recent_runs_of_the_same_jobs_cut_the_error_on_the_nasa_log():
     # Measured: 0.72 against 0.80 over the second half (users rerun the same jobs).
     assert with_recent[half:].mean() < 0.95 * without[half:].mean()
     assert learner.runtime.recent_.weights()[0] > 0.3   # the same job again: trusted
+    recent = learner.stats()["recent_runs"]
+    assert recent["task"]["keys"] > 0 and recent["task"]["tasks"] > 0
+    assert recent["task"]["weight"] == pytest.approx(learner.runtime.recent_.weights()[0])
 
 
 def test_recent_runs_add_nothing_where_runtime_follows_the_features(mixed_run):

@@ -150,6 +150,7 @@ class Learner:
             "numeric_features": sorted(self.runtime.encoder_.numeric_stats_),
             "error_fast_log": self.runtime.error_fast_,
             "error_slow_log": self.runtime.error_slow_,
+            "recent_runs": self.runtime.recent_.stats(),
         }
 
     # -- checkpoints ----------------------------------------------------------------------
@@ -247,6 +248,9 @@ def describe_checkpoint(path: str | Path) -> str:
         count, mean_log = runtime.prior_.values_[kind]
         lines.append(f"  {kind}: {int(count)}, {math.exp(mean_log):.4f} s")
     lines.append("numeric features: " + (", ".join(stats["numeric_features"]) or "none"))
+    lines.append("recent runs (keys remembered, weight toward them, tasks it was learnt on):")
+    for level, entry in stats["recent_runs"].items():
+        lines.append(f"  same {level}: {entry['keys']}, {entry['weight']:.2f}, {entry['tasks']}")
     return "\n".join(lines)
 
 

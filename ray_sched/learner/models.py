@@ -267,6 +267,12 @@ class RecentRuns:
         return np.array([min(1.0, max(0.0, xy / xx)) if xx > 0 else 0.0
                          for _, xy, xx in (self.moments_[level] for level in self.LEVELS)])
 
+    def stats(self) -> dict[str, dict]:
+        """Per level: keys remembered, blend weight, tasks the weight was learnt on."""
+        return {level: {"keys": len(self.runs_[level]), "weight": float(weight),
+                        "tasks": int(self.moments_[level][0])}
+                for level, weight in zip(self.LEVELS, self.weights())}
+
     def blend(self, base: np.ndarray, means: np.ndarray, levels: np.ndarray) -> np.ndarray:
         """The base prediction moved toward the recent runs by each level's weight."""
         spoke = levels >= 0
