@@ -46,7 +46,7 @@ region = "us"
 """
 
 
-def two_region_trace(eu_rate_tps: float, eu_runtime_s: float, *, seconds: float = 6.0,
+def two_region_trace(eu_rate_tps: float, eu_runtime_s: float, *, seconds: float = 4.0,
                      seed: int = 5) -> pd.DataFrame:
     """'us' always light (10 tasks/s of 50 ms on 4 slots); 'eu' as asked."""
     rng = np.random.default_rng(seed)

@@ -22,6 +22,10 @@ log = logging.getLogger(__name__)
 class LearnerActor:
     def __init__(self, model_dir: str | None = None, load: str | None = "latest",
                  checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY):
+        # scikit-learn (~1 s to import) now, while the scheduler waits for this actor to
+        # be up, not at the first completion, while predictions would wait behind it.
+        import sklearn.linear_model  # noqa: F401
+
         self.model_dir = Path(model_dir) if model_dir else None
         self.checkpoint_every = checkpoint_every
         self.loaded_from: str | None = None

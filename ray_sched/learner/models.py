@@ -11,13 +11,16 @@ import math
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from operator import itemgetter
+from typing import TYPE_CHECKING
 
 import numpy as np
-from sklearn.linear_model import SGDRegressor
 
 from ray_sched.learner.features import DEFAULT_BUCKETS, FeatureEncoder
 from ray_sched.params import check_range
 from ray_sched.task import MAX_PRIORITY, Task
+
+if TYPE_CHECKING:
+    from sklearn.linear_model import SGDRegressor
 
 #: Dask's guess for a task prefix it has never seen; ours too, until a kind is observed.
 DEFAULT_RUNTIME_S = 0.5
@@ -77,6 +80,11 @@ class NotFittedError(ValueError, AttributeError):
 
 
 def _sgd(eta0: float, loss: str) -> SGDRegressor:
+    # Imported here: scikit-learn takes ~1 s of CPU to import, and only the process that
+    # trains (the Learner actor) needs it; the global scheduler, local schedulers and the
+    # driver import this module for predictions' types and the fallback.
+    from sklearn.linear_model import SGDRegressor
+
     # shuffle=False: the same batches give the same model (and a restored checkpoint keeps
     # learning in step with the original); batches arrive in completion order anyway.
     return SGDRegressor(loss=loss, epsilon=HUBER_EPSILON, penalty="l2", alpha=1e-6,
