@@ -832,3 +832,18 @@ def test_recent_runs_refuse_parameters_out_of_range_naming_them(name, value):
 
     with pytest.raises(ValueError, match=name):
         RecentRuns(**{name: value})
+
+
+def test_small_and_large_batches_are_encoded_alike():
+    from ray_sched.learner.features import ROW_BY_ROW_MAX
+
+    encoder = FeatureEncoder()
+    tasks = trace_tasks()[:300] + unseen_tasks() + [
+        Task("odd", kind="logs", features={"payload_bytes": [1, 2], "n_items": None,
+                                            "codec": "gzip", "flag": True})]
+    encoder.update(tasks)
+    whole = encoder.transform(tasks).toarray()
+    assert len(tasks) > ROW_BY_ROW_MAX
+    pieces = np.vstack([encoder.transform(tasks[i: i + ROW_BY_ROW_MAX]).toarray()
+                        for i in range(0, len(tasks), ROW_BY_ROW_MAX)])
+    np.testing.assert_allclose(pieces, whole, rtol=1e-12, atol=1e-12)

@@ -37,8 +37,20 @@ SCALE_ALPHA = 0.01
 CLIP_SIGMAS = 5.0
 #: Cached strings -> bucket before the caches are reset (bounds memory on endless ids).
 CACHE_LIMIT = 200_000
+#: Batches up to this many tasks are encoded task by task, larger ones column by column.
+ROW_BY_ROW_MAX = 32
 #: Numbers as features: Python's and numpy's (bool counts as 0/1).
 _NUMBERS = (int, float, np.number)
+
+
+def _as_float(value) -> float:
+    """A feature value as a number; NaN when it is none (None, a list, text...)."""
+    if value is None:
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def _bucket(text: str, n_buckets: int) -> int:
@@ -64,7 +76,7 @@ class FeatureEncoder:
         self.numeric_stats_: dict[str, list[float]] = {}
         self._buckets: dict[str, int] = {}
         self._categorical_cache: dict[tuple, tuple[int, ...]] = {}
-        self._numeric_cache: dict[tuple[str, str], int] = {}
+        self._numeric_cache: dict[tuple[str, str], tuple[int, int]] = {}
 
     def _index(self, text: str) -> int:
         index = self._buckets.get(text)
@@ -105,26 +117,20 @@ class FeatureEncoder:
     def transform(self, tasks: list[Task]) -> sp.csr_matrix:
         """Encode a batch. Does not change the encoder (see :meth:`update`).
 
-        Column by column: the categorical columns of each (kind, tenant, region) are
-        cached; each feature is read across the batch at once and, when numeric, scaled
-        in one numpy operation.
+        Batches of ROW_BY_ROW_MAX tasks or fewer are encoded task by task (numpy's
+        per-call cost would dominate); larger ones column by column: each feature is read
+        across the batch at once and, when numeric, scaled in one numpy operation. Both
+        give the same matrix. The categorical columns of each (kind, tenant, region) are
+        cached.
 
         Returns:
             CSR matrix of shape (len(tasks), n_buckets), float64.
         """
+        if len(tasks) <= ROW_BY_ROW_MAX:
+            return self._transform_rows(tasks)
         n = len(tasks)
-        categorical = self._categorical_cache
         index = self._index
-        per_task = []
-        for task in tasks:
-            key = (task.kind, task.tenant, task.region)
-            columns = categorical.get(key)
-            if columns is None:
-                columns = [index("kind=" + task.kind), index("tenant=" + task.tenant)]
-                if task.region is not None:
-                    columns.append(index("region=" + task.region))
-                columns = categorical[key] = tuple(columns)
-            per_task.append(columns)
+        per_task = [self._categorical(task) for task in tasks]
         lengths = np.fromiter(map(len, per_task), dtype=np.int64, count=n)
         row_parts = [np.repeat(np.arange(n, dtype=np.int64), lengths)]
         index_parts = [np.fromiter(chain.from_iterable(per_task), dtype=np.int64,
@@ -158,10 +164,61 @@ class FeatureEncoder:
             index_parts += [np.full(len(rows), index("num:" + name), dtype=np.int64),
                             self._numeric_columns(name, [kinds[row] for row in rows.tolist()])]
             data_parts += [z[rows], z[rows]]
-        # COO -> CSR adds up colliding entries of one row.
-        return sp.coo_matrix((np.concatenate(data_parts),
-                              (np.concatenate(row_parts), np.concatenate(index_parts))),
-                             shape=(n, self.n_buckets)).tocsr()
+        rows = np.concatenate(row_parts)
+        order = np.argsort(rows, kind="stable")
+        indptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
+        matrix = sp.csr_matrix((np.concatenate(data_parts)[order],
+                                np.concatenate(index_parts)[order], indptr),
+                               shape=(n, self.n_buckets))
+        matrix.sum_duplicates()  # colliding entries of one row add up
+        return matrix
+
+    def _categorical(self, task: Task) -> tuple[int, ...]:
+        key = (task.kind, task.tenant, task.region)
+        columns = self._categorical_cache.get(key)
+        if columns is None:
+            index = self._index
+            columns = [index("kind=" + task.kind), index("tenant=" + task.tenant)]
+            if task.region is not None:
+                columns.append(index("region=" + task.region))
+            columns = self._categorical_cache[key] = tuple(columns)
+        return columns
+
+    def _transform_rows(self, tasks: list[Task]) -> sp.csr_matrix:
+        """:meth:`transform`, task by task (for small batches)."""
+        indptr = [0]
+        indices: list[int] = []
+        data: list[float] = []
+        stats = self.numeric_stats_
+        index = self._index
+        for task in tasks:
+            columns = self._categorical(task)
+            indices.extend(columns)
+            data.extend([1.0] * len(columns))
+            for name, value in task.features.items():
+                if isinstance(value, str):
+                    indices.append(index(name + "=" + value))
+                    data.append(1.0)
+                    continue
+                entry = stats.get(name)
+                if entry is None:
+                    continue
+                value = _as_float(value)
+                if not math.isfinite(value):
+                    continue  # not a number (or not finite): contributes nothing
+                squashed = math.log1p(value) if value >= 0 else -math.log1p(-value)
+                z = min(CLIP_SIGMAS, max(-CLIP_SIGMAS,
+                                         (squashed - entry[1]) / math.sqrt(entry[2] + 1e-9)))
+                indices.extend(self._numeric_pair(task.kind, name))
+                data += [z, z]
+            indptr.append(len(indices))
+        matrix = sp.csr_matrix((np.asarray(data, dtype=np.float64),
+                                np.asarray(indices, dtype=np.int64),
+                                np.asarray(indptr, dtype=np.int64)),
+                               shape=(len(tasks), self.n_buckets))
+        matrix.sum_duplicates()  # colliding entries of one row add up
+        return matrix
 
     @staticmethod
     def _scaled(values: list, entry: list[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -170,8 +227,7 @@ class FeatureEncoder:
         try:
             array = np.array(values, dtype=np.float64)
         except (TypeError, ValueError):  # something that is not a number among them
-            array = np.array([float(v) if isinstance(v, _NUMBERS) else math.nan
-                              for v in values], dtype=np.float64)
+            array = np.array([_as_float(v) for v in values], dtype=np.float64)
         else:
             if array.ndim != 1:
                 array = np.full(len(values), math.nan)
@@ -180,16 +236,23 @@ class FeatureEncoder:
         z = np.clip((squashed - entry[1]) / math.sqrt(entry[2] + 1e-9), -CLIP_SIGMAS, CLIP_SIGMAS)
         return z, keep
 
+    def _numeric_pair(self, kind: str, name: str) -> tuple[int, int]:
+        """The columns of a numeric feature: ``name`` and ``kind|name``."""
+        pair = self._numeric_cache.get((kind, name))
+        if pair is None:
+            pair = self._numeric_cache[(kind, name)] = (
+                self._index("num:" + name), self._index("num:" + kind + "|" + name))
+        return pair
+
     def _numeric_columns(self, name: str, kinds: list[str]) -> np.ndarray:
         """The column of ``kind|name`` for each row's kind."""
         pairs = self._numeric_cache
-        index = self._index
         result = []
         for kind in kinds:
-            column = pairs.get((kind, name))
-            if column is None:
-                column = pairs[(kind, name)] = index("num:" + kind + "|" + name)
-            result.append(column)
+            pair = pairs.get((kind, name))
+            if pair is None:
+                pair = self._numeric_pair(kind, name)
+            result.append(pair[1])
         return np.asarray(result, dtype=np.int64)
 
     def get_state(self) -> tuple[dict, dict[str, np.ndarray]]:

@@ -373,18 +373,24 @@ class ResidualQuantiles:
         self.window = window
         self.per_key_: dict[str, deque] = {}
         self.overall_: deque = deque(maxlen=4 * window)
-        self._cache: dict[str | None, tuple[float, float, float]] = {}
+        # (key, group) -> (statistics, the window they were read from; None: overall)
+        self._cache: dict[tuple, tuple[tuple[float, float, float], str | None]] = {}
 
     def add(self, keys: list[str], residuals: np.ndarray,
             groups: list[str] | None = None) -> None:
         windows = self.per_key_
+        touched = {None}  # the overall window
         for i, (key, value) in enumerate(zip(keys, residuals.tolist())):
             windows.setdefault(key, deque(maxlen=self.window)).append(value)
+            touched.add(key)
             if groups is not None:
-                windows.setdefault(EVIDENCE_KEY + groups[i], deque(maxlen=self.window)).append(
-                    value)
+                group = EVIDENCE_KEY + groups[i]
+                windows.setdefault(group, deque(maxlen=self.window)).append(value)
+                touched.add(group)
             self.overall_.append(value)
-        self._cache.clear()
+        # Forget only the statistics read from a window that changed.
+        self._cache = {pair: entry for pair, entry in self._cache.items()
+                       if entry[1] not in touched}
 
     def forget(self, keep: int) -> None:
         """Keep only the newest ``keep`` residuals of each window (after a drift)."""
@@ -398,19 +404,21 @@ class ResidualQuantiles:
         group's, or the overall one, the first with MIN_WINDOW residuals."""
         cached = self._cache.get((key, group))
         if cached is not None:
-            return cached
+            return cached[0]
+        source = key
         values = self.per_key_.get(key)
         if (values is None or len(values) < self.MIN_WINDOW) and group is not None:
-            values = self.per_key_.get(EVIDENCE_KEY + group)
+            source = EVIDENCE_KEY + group
+            values = self.per_key_.get(source)
         if values is None or len(values) < self.MIN_WINDOW:
-            values = self.overall_
+            source, values = None, self.overall_
         if len(values) < self.MIN_WINDOW:
             result = (0.0, DEFAULT_P90_SPREAD, DEFAULT_P90_SPREAD ** 2 / 2.6)
         else:
             array = np.fromiter(values, dtype=np.float64)
             q50, q90 = np.quantile(array, [0.5, 0.9])
             result = (float(q50), float(q90), float(np.log(np.mean(np.exp(array)))))
-        self._cache[(key, group)] = result
+        self._cache[(key, group)] = (result, source)
         return result
 
     def lookup(self, keys: list[str], groups: list[str] | None = None) -> np.ndarray:
@@ -424,6 +432,13 @@ class ResidualQuantiles:
         rows = [codes.setdefault(pair, len(codes)) for pair in pairs]
         table = np.array([self._stats(key, group) for key, group in codes]).reshape(-1, 3)
         return table[np.asarray(rows, dtype=np.int64)] if rows else np.zeros((0, 3))
+
+
+def _evidence(kind_counts: np.ndarray, recent_levels: np.ndarray | None) -> np.ndarray:
+    """Index into EVIDENCE per task: the recent-runs level that spoke, else whether the
+    task's kind has been seen."""
+    seen = np.where(kind_counts > 0, 2, 3)
+    return seen if recent_levels is None else np.where(recent_levels >= 0, recent_levels, seen)
 
 
 def _spread_pairs(tasks: list[Task], evidence: np.ndarray) -> list[tuple[str, str]]:
@@ -517,20 +532,20 @@ class RuntimeModel:
         """(mu, evidence per task (an index into EVIDENCE), what recent runs said: keys,
         base, means, levels; None when recent runs are off)."""
         base, counts = self._base_log_mu(tasks)
-        kind_evidence = np.where(counts > 0, 2, 3)
         if not self.recent_runs:
-            return base, kind_evidence, None
+            return base, _evidence(counts, None), None
         keys, means, levels = self.recent_.lookup(tasks)
-        evidence = np.where(levels >= 0, levels, kind_evidence)
-        return (self.recent_.blend(base, means, levels), evidence,
+        return (self.recent_.blend(base, means, levels), _evidence(counts, levels),
                 (keys, base, means, levels))
 
     def spread(self, tasks: list[Task], evidence: np.ndarray | None = None) -> np.ndarray:
         """(q50, q90, log-mean correction) of the log residual per task, shape (n, 3): from
         tasks of its kind predicted on the same evidence, else from all tasks predicted on
         that evidence, else from all."""
-        if evidence is None:
-            evidence = self._log_mu(tasks)[1]
+        if evidence is None:  # what the prediction stands on, without making it
+            _, counts = self.prior_.lookup([t.kind for t in tasks], 0.0)
+            evidence = _evidence(counts, self.recent_.lookup(tasks)[2]
+                                 if self.recent_runs else None)
         return self.residuals_.lookup_pairs(_spread_pairs(tasks, evidence))
 
     def predict(self, tasks: list[Task]) -> RuntimePrediction:
