@@ -376,17 +376,15 @@ class ResidualQuantiles:
         # (key, group) -> (statistics, the window they were read from; None: overall)
         self._cache: dict[tuple, tuple[tuple[float, float, float], str | None]] = {}
 
-    def add(self, keys: list[str], residuals: np.ndarray,
-            groups: list[str] | None = None) -> None:
+    def add(self, pairs: list[tuple[str, str]], residuals: np.ndarray) -> None:
+        """Residuals of tasks, each with its (key, group)."""
         windows = self.per_key_
         touched = {None}  # the overall window
-        for i, (key, value) in enumerate(zip(keys, residuals.tolist())):
+        for (key, group), value in zip(pairs, residuals.tolist()):
+            group = EVIDENCE_KEY + group
             windows.setdefault(key, deque(maxlen=self.window)).append(value)
-            touched.add(key)
-            if groups is not None:
-                group = EVIDENCE_KEY + groups[i]
-                windows.setdefault(group, deque(maxlen=self.window)).append(value)
-                touched.add(group)
+            windows.setdefault(group, deque(maxlen=self.window)).append(value)
+            touched.update((key, group))
             self.overall_.append(value)
         # Forget only the statistics read from a window that changed.
         self._cache = {pair: entry for pair, entry in self._cache.items()
@@ -399,7 +397,7 @@ class ResidualQuantiles:
         self.overall_ = deque(list(self.overall_)[-keep * 4:], maxlen=4 * self.window)
         self._cache.clear()
 
-    def _stats(self, key: str, group: str | None) -> tuple[float, float, float]:
+    def _stats(self, key: str, group: str) -> tuple[float, float, float]:
         """(q50, q90, log mean of exp(residual)) for a key: from its own window, its
         group's, or the overall one, the first with MIN_WINDOW residuals."""
         cached = self._cache.get((key, group))
@@ -407,7 +405,7 @@ class ResidualQuantiles:
             return cached[0]
         source = key
         values = self.per_key_.get(key)
-        if (values is None or len(values) < self.MIN_WINDOW) and group is not None:
+        if values is None or len(values) < self.MIN_WINDOW:
             source = EVIDENCE_KEY + group
             values = self.per_key_.get(source)
         if values is None or len(values) < self.MIN_WINDOW:
@@ -421,13 +419,9 @@ class ResidualQuantiles:
         self._cache[(key, group)] = (result, source)
         return result
 
-    def lookup(self, keys: list[str], groups: list[str] | None = None) -> np.ndarray:
-        """Array of shape (n, 3): q50, q90 and log-mean correction per key (and group)."""
-        groups = groups if groups is not None else [None] * len(keys)
-        return self.lookup_pairs(list(zip(keys, groups)))
-
-    def lookup_pairs(self, pairs: list[tuple[str, str | None]]) -> np.ndarray:
-        """:meth:`lookup` for (key, group) pairs, each distinct pair looked up once."""
+    def lookup(self, pairs: list[tuple[str, str]]) -> np.ndarray:
+        """Array of shape (n, 3): q50, q90 and log-mean correction per (key, group) pair,
+        each distinct pair looked up once."""
         codes: dict[tuple, int] = {}
         rows = [codes.setdefault(pair, len(codes)) for pair in pairs]
         table = np.array([self._stats(key, group) for key, group in codes]).reshape(-1, 3)
@@ -546,7 +540,7 @@ class RuntimeModel:
             _, counts = self.prior_.lookup([t.kind for t in tasks], 0.0)
             evidence = _evidence(counts, self.recent_.lookup(tasks)[2]
                                  if self.recent_runs else None)
-        return self.residuals_.lookup_pairs(_spread_pairs(tasks, evidence))
+        return self.residuals_.lookup(_spread_pairs(tasks, evidence))
 
     def predict(self, tasks: list[Task]) -> RuntimePrediction:
         """Predict runtimes for a batch (works before any observation: the default prior)."""
@@ -567,8 +561,7 @@ class RuntimeModel:
         residuals = y - log_mu
         self._track_error(residuals)
         boosted = self.n_seen_ < self.boost_until_
-        pairs = _spread_pairs(tasks, evidence)
-        self.residuals_.add([key for key, _ in pairs], residuals, [group for _, group in pairs])
+        self.residuals_.add(_spread_pairs(tasks, evidence), residuals)
         if recent is not None:
             keys, base, means, levels = recent
             self.recent_.learn(keys, base, means, levels, y, alpha=self.recent_.alpha * (
