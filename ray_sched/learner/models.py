@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ray_sched.learner.features import DEFAULT_BUCKETS, FeatureEncoder
+from ray_sched.learner.features import DEFAULT_BUCKETS, FeatureEncoder, _as_float
 from ray_sched.params import check_range
 from ray_sched.task import MAX_PRIORITY, Task
 
@@ -73,6 +73,35 @@ RECENT_BLEND_PRIOR = 4.0
 #: Residuals (log) are clipped at this in the blend moments: one 30x outlier must not
 #: decide the weight.
 RECENT_CLIP = 3.0
+#: Refit: SGD with a constant step hovers around the least-squares answer, never on it
+#: (0.39 log error on the synthetic scenarios, where the noise floor is about 0.27). So
+#: every so often the regression is solved afresh, robustly (Huber loss, by reweighted
+#: ridge solves), on the newest REFIT_WINDOW completed tasks; SGD goes on from there.
+#: Simulated on 3 seeds each (8 slots, load 0.85): log error 0.39 -> 0.30 on mixed,
+#: bursty and tree; ml / oracle mean JCT bursty 1.165x -> 1.057x, drift 1.066x -> 1.028x,
+#: mixed 1.073x -> 1.047x; the NASA windows unchanged (2.10x).
+REFIT_WINDOW = 2000
+#: ... first once this many tasks are in the window, then every time the window has
+#: taken REFIT_EVERY_SHARE of its length in new tasks (at least REFIT_EVERY_MIN): often
+#: while little is known, about every 200 tasks once the window is full.
+REFIT_MIN_TASKS = 30
+REFIT_EVERY_MIN = 32
+REFIT_EVERY_SHARE = 0.1
+#: Ridge penalty of the refit (standardised inputs, log-runtime targets), toward the
+#: current coefficients: a column seen on a handful of tasks does not take all their
+#: error, and right after a drift (the window cut to a few tasks) the refit moves the
+#: model only as far as those tasks show (toward zero instead, the drift scenario's
+#: error rose on 2 seeds of 10).
+REFIT_RIDGE = 1.0
+#: Reweighting steps of the Huber fit (each a weighted ridge solve), started from the
+#: current model's residuals.
+REFIT_STEPS = 3
+#: After a drift, only the newest this many tasks stay in the window: the rest describe
+#: the workload before it.
+REFIT_DRIFT_KEEP = 32
+#: Up to this many active columns the refit's normal equations are solved dense; past it
+#: by conjugate gradients from the current coefficients.
+REFIT_DENSE_MAX = 1000
 
 
 class NotFittedError(ValueError, AttributeError):
@@ -125,6 +154,19 @@ class OnlineRegressor:
         if self._sgd is None:
             raise NotFittedError("this OnlineRegressor has not observed any task yet")
         return matrix @ self._sgd.coef_ + self._sgd.intercept_[0]
+
+    def coefficients(self) -> tuple[np.ndarray, float]:
+        """(coef, intercept): the current linear model."""
+        if self._sgd is None:
+            raise NotFittedError("this OnlineRegressor has not observed any task yet")
+        return self._sgd.coef_, float(self._sgd.intercept_[0])
+
+    def set_coefficients(self, coef: np.ndarray, intercept: float) -> None:
+        """Replace the linear model (a refit); SGD goes on from it."""
+        if self._sgd is None:
+            raise NotFittedError("this OnlineRegressor has not observed any task yet")
+        self._sgd.coef_ = np.asarray(coef, dtype=np.float64)
+        self._sgd.intercept_ = np.array([float(intercept)])
 
     def get_state(self) -> tuple[dict, dict[str, np.ndarray]]:
         if self._sgd is None:
@@ -355,6 +397,112 @@ class RecentRuns:
         return recent
 
 
+class RefitWindow:
+    """The newest completed tasks and their log runtimes, and the robust least-squares
+    solve that refits the regression on them (see REFIT_WINDOW).
+
+    Only what the feature encoder reads is kept of a task (kind, tenant, region, cpu,
+    features), not its payload.
+
+    Learned state: ``tasks_`` and ``targets_`` (deques of at most ``window``), ``since_``
+    (tasks added since the last refit).
+    """
+
+    def __init__(self, *, window: int = REFIT_WINDOW, ridge: float = REFIT_RIDGE,
+                 steps: int = REFIT_STEPS):
+        check_range("window", window, REFIT_MIN_TASKS)
+        check_range("ridge", ridge, 0.0, low_open=True)
+        check_range("steps", steps, 1)
+        self.window = int(window)
+        self.ridge = float(ridge)
+        self.steps = int(steps)
+        self.tasks_: deque[Task] = deque(maxlen=self.window)
+        self.targets_: deque[float] = deque(maxlen=self.window)
+        self.since_ = 0
+
+    def __len__(self) -> int:
+        return len(self.tasks_)
+
+    def add(self, tasks: list[Task], log_runtimes: np.ndarray) -> None:
+        self.tasks_.extend(Task("", kind=t.kind, tenant=t.tenant, region=t.region, cpu=t.cpu,
+                                features=t.features) for t in tasks)
+        self.targets_.extend(log_runtimes.tolist())
+        self.since_ += len(tasks)
+
+    def due(self) -> bool:
+        return (len(self.tasks_) >= REFIT_MIN_TASKS
+                and self.since_ >= max(REFIT_EVERY_MIN, REFIT_EVERY_SHARE * len(self.tasks_)))
+
+    def keep_newest(self, keep: int) -> None:
+        """Forget all but the newest ``keep`` tasks (after a drift)."""
+        for values in (self.tasks_, self.targets_):
+            for _ in range(max(0, len(values) - keep)):
+                values.popleft()
+        self.since_ = min(self.since_, len(self.tasks_))
+
+    def solve(self, matrix, targets: np.ndarray, coef: np.ndarray,
+              intercept: float) -> tuple[np.ndarray, float]:
+        """Huber regression of ``targets`` on ``matrix`` (sparse, tasks x columns) with a
+        ridge penalty pulling the coefficients (not the intercept) toward ``coef``, by
+        REFIT_STEPS reweighted solves over the columns the window uses; the weights start
+        from the residuals of (``coef``, ``intercept``). Columns the window does not use
+        keep their value. Returns the new (coef, intercept)."""
+        import scipy.sparse as sp
+
+        self.since_ = 0
+        matrix = sp.csr_matrix(matrix)
+        active = np.unique(matrix.indices)
+        design = sp.hstack([matrix[:, active], np.ones((matrix.shape[0], 1))], format="csr")
+        beta = np.append(coef[active], intercept)
+        start = beta.copy()
+        penalty = np.full(len(beta), self.ridge)
+        penalty[-1] = 1e-9
+        for _ in range(self.steps):
+            residual = np.abs(targets - design @ beta)
+            weight = np.minimum(1.0, HUBER_EPSILON / np.maximum(residual, 1e-12))
+            weighted = design.multiply(weight[:, None]).tocsr()
+            gram = (design.T @ weighted).tocsr() + sp.diags(penalty)
+            rhs = weighted.T @ targets + penalty * start
+            if len(beta) <= REFIT_DENSE_MAX:
+                beta = np.linalg.solve(gram.toarray(), rhs)
+            else:
+                from scipy.sparse.linalg import cg
+                beta, _ = cg(gram, rhs, x0=beta, M=sp.diags(1.0 / gram.diagonal()),
+                             maxiter=200)
+        coef = coef.copy()
+        coef[active] = beta[:-1]
+        return coef, float(beta[-1])
+
+    def get_state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        meta = {"window": self.window, "ridge": self.ridge, "steps": self.steps,
+                "since": self.since_,
+                "tasks": [[t.kind, t.tenant, t.region, t.cpu,
+                           {name: _json_value(value) for name, value in t.features.items()}]
+                          for t in self.tasks_]}
+        return meta, {"targets": np.array(self.targets_, dtype=np.float64)}
+
+    @classmethod
+    def from_state(cls, meta: dict, arrays: dict[str, np.ndarray]) -> RefitWindow:
+        refit = cls(window=int(meta["window"]), ridge=float(meta["ridge"]),
+                    steps=int(meta["steps"]))
+        refit.tasks_.extend(Task("", kind=kind, tenant=tenant, region=region, cpu=float(cpu),
+                                 features=features)
+                            for kind, tenant, region, cpu, features in meta["tasks"])
+        refit.targets_.extend(arrays["targets"].tolist())
+        refit.since_ = int(meta["since"])
+        return refit
+
+
+def _json_value(value):
+    """A feature value as JSON holds it and the encoder reads it the same: text as text,
+    numbers as floats (numpy's too), anything else as its float or, failing that, None
+    (the encoder reads no number from it either)."""
+    if isinstance(value, str) or value is None:
+        return value
+    number = _as_float(value)
+    return number if math.isfinite(number) else None
+
+
 #: What a prediction stood on, from most to least (RuntimeModel._log_mu): the spread of
 #: its error differs by an order of magnitude between "ran before" and "never seen".
 EVIDENCE = ("task", "tenant-kind", "kind", "new")
@@ -483,11 +631,14 @@ class RuntimeModel:
         blend_tasks: evidence at which prior and regression weigh the same.
         default_runtime_s: prediction for a kind (and a world) never seen.
         recent_runs: learn from recent runs of the same task (False: the base model only).
+        refit: solve the regression afresh on the newest tasks every so often (see
+            REFIT_WINDOW; False: SGD alone).
     """
 
     def __init__(self, *, n_buckets: int = DEFAULT_BUCKETS, learning_rate: float = LEARNING_RATE,
                  prior_alpha: float = PRIOR_ALPHA, blend_tasks: float = BLEND_TASKS,
-                 default_runtime_s: float = DEFAULT_RUNTIME_S, recent_runs: bool = True):
+                 default_runtime_s: float = DEFAULT_RUNTIME_S, recent_runs: bool = True,
+                 refit: bool = True):
         check_range("n_buckets", n_buckets, 16)
         check_range("learning_rate", learning_rate, 0.0, 1.0, low_open=True)
         check_range("prior_alpha", prior_alpha, 0.0, 1.0, low_open=True)
@@ -499,11 +650,13 @@ class RuntimeModel:
         self.blend_tasks = blend_tasks
         self.default_runtime_s = default_runtime_s
         self.recent_runs = bool(recent_runs)
+        self.refit = bool(refit)
         self.encoder_ = FeatureEncoder(n_buckets=n_buckets)
         self.prior_ = KeyedAverage(prior_alpha)
         self.regression_ = OnlineRegressor(learning_rate=learning_rate)
         self.residuals_ = ResidualQuantiles()
         self.recent_ = RecentRuns()
+        self.refit_ = RefitWindow()
         self.n_seen_ = 0
         self.error_fast_ = 0.0
         self.error_slow_ = 0.0
@@ -572,8 +725,22 @@ class RuntimeModel:
         self.regression_.observe(matrix, y - prior, learning_rate=self.learning_rate * (
             RATE_BOOST if boosted else 1.0))
         self.prior_.update(kinds, y, alpha=self.prior_alpha * (PRIOR_BOOST if boosted else 1.0))
+        if self.refit:
+            self.refit_.add(tasks, y)
+            if self.refit_.due():
+                self._refit()
         self.n_seen_ += len(tasks)
         return residuals
+
+    def _refit(self) -> None:
+        """Solve the regression afresh on the refit window, against today's priors and
+        today's feature scaling."""
+        window = list(self.refit_.tasks_)
+        prior, _ = self.prior_.lookup([t.kind for t in window], math.log(self.default_runtime_s))
+        targets = np.fromiter(self.refit_.targets_, dtype=np.float64, count=len(window))
+        coef, intercept = self.regression_.coefficients()
+        self.regression_.set_coefficients(*self.refit_.solve(
+            self.encoder_.transform(window), targets - prior, coef, intercept))
 
     def _track_error(self, residuals: np.ndarray) -> None:
         """Fast and slow averages of the (clipped) absolute error; a drift is the fast one
@@ -594,6 +761,7 @@ class RuntimeModel:
                 self.boost_until_ = seen + DRIFT_BOOST_TASKS
                 self.high_streak_ = 0
                 self.residuals_.forget(keep=32)
+                self.refit_.keep_newest(REFIT_DRIFT_KEEP)
 
     # -- persistence -----------------------------------------------------------------------
     def get_state(self) -> tuple[dict, dict[str, np.ndarray]]:
@@ -605,7 +773,7 @@ class RuntimeModel:
             "params": {"n_buckets": self.n_buckets, "learning_rate": self.learning_rate,
                        "prior_alpha": self.prior_alpha, "blend_tasks": self.blend_tasks,
                        "default_runtime_s": self.default_runtime_s,
-                       "recent_runs": self.recent_runs},
+                       "recent_runs": self.recent_runs, "refit": self.refit},
             "encoder": encoder_meta, "regression": regression_meta, "prior_kinds": kinds,
             "prior_overall": self.prior_.overall_, "residual_keys": residual_keys,
             "residual_lengths": [len(self.residuals_.per_key_[k]) for k in residual_keys],
@@ -623,6 +791,8 @@ class RuntimeModel:
         arrays["residuals_overall"] = np.array(list(self.residuals_.overall_), dtype=np.float64)
         meta["recent"], recent_arrays = self.recent_.get_state()
         arrays.update({f"recent.{k}": v for k, v in recent_arrays.items()})
+        meta["refit_window"], refit_arrays = self.refit_.get_state()
+        arrays.update({f"refit.{k}": v for k, v in refit_arrays.items()})
         return meta, arrays
 
     @classmethod
@@ -653,6 +823,10 @@ class RuntimeModel:
             model.recent_ = RecentRuns.from_state(
                 meta["recent"], {k.split(".", 1)[1]: v for k, v in arrays.items()
                                  if k.startswith("recent.")})
+        if "refit_window" in meta:  # so do those written before the refit, without one
+            model.refit_ = RefitWindow.from_state(
+                meta["refit_window"], {k.split(".", 1)[1]: v for k, v in arrays.items()
+                                       if k.startswith("refit.")})
         return model
 
 
