@@ -815,13 +815,17 @@ def test_a_feature_value_that_cannot_be_hashed_still_makes_a_signature():
     assert learner.runtime.recent_.lookup(tasks[2:])[2][0] == 0  # the same task again
 
 
-def test_a_checkpoint_from_before_recent_runs_still_loads(trained_learner, tmp_path):
+@pytest.mark.parametrize("section, starts_empty", [
+    ("recent", lambda runtime: runtime.recent_.runs_["task"] == {}),
+    ("refit_window", lambda runtime: len(runtime.refit_) == 0)], ids=["recent", "refit"])
+def test_a_checkpoint_from_before_a_section_existed_still_loads(section, starts_empty,
+                                                               trained_learner, tmp_path):
     path = trained_learner.save(tmp_path)
     meta = json.loads(path.read_text())
-    del meta["runtime"]["recent"]
+    del meta["runtime"][section]
     path.write_text(json.dumps(meta))
     restored = Learner.load(path)
-    assert restored.runtime.recent_.runs_["task"] == {}
+    assert starts_empty(restored.runtime)
     assert restored.predict(query_tasks()).p50_s.shape == (64,)
 
 
@@ -918,13 +922,3 @@ def test_the_refit_window_survives_a_checkpoint_with_odd_feature_values(tmp_path
     np.testing.assert_array_equal(encoder.transform(list(after.tasks_)).toarray(),
                                   encoder.transform(list(before.tasks_)).toarray())
     np.testing.assert_array_equal(np.array(after.targets_), np.array(before.targets_))
-
-
-def test_a_checkpoint_from_before_the_refit_still_loads(trained_learner, tmp_path):
-    path = trained_learner.save(tmp_path)
-    meta = json.loads(path.read_text())
-    del meta["runtime"]["refit_window"]
-    path.write_text(json.dumps(meta))
-    restored = Learner.load(path)
-    assert len(restored.runtime.refit_) == 0
-    assert restored.predict(query_tasks()).p50_s.shape == (64,)

@@ -78,8 +78,8 @@ RECENT_CLIP = 3.0
 #: every so often the regression is solved afresh, robustly (Huber loss, by reweighted
 #: ridge solves), on the newest REFIT_WINDOW completed tasks; SGD goes on from there.
 #: Simulated on 3 seeds each (8 slots, load 0.85): log error 0.39 -> 0.30 on mixed,
-#: bursty and tree; ml / oracle mean JCT bursty 1.165x -> 1.057x, drift 1.066x -> 1.028x,
-#: mixed 1.073x -> 1.047x; the NASA windows unchanged (2.10x).
+#: bursty and tree; ml / oracle mean JCT bursty 1.165x -> 1.066x, drift 1.066x -> 1.045x,
+#: mixed 1.073x -> 1.057x, tree 1.013x -> 1.026x; 6 NASA windows 2.10x -> 1.97x.
 REFIT_WINDOW = 2000
 #: ... first once this many tasks are in the window, then every time the window has
 #: taken REFIT_EVERY_SHARE of its length in new tasks (at least REFIT_EVERY_MIN): often
