@@ -137,7 +137,7 @@ class FeatureEncoder:
                                    count=int(lengths.sum()))]
         data_parts = [np.ones(len(index_parts[0]))]
         dicts = [task.features for task in tasks]
-        kinds: list[str] | None = None
+        kind_codes: np.ndarray | None = None   # per row, an index into `kinds`
         for name in sorted(set().union(*dicts)):
             values = [features.get(name) for features in dicts]
             strings = [row for row, value in enumerate(values) if isinstance(value, str)]
@@ -158,11 +158,14 @@ class FeatureEncoder:
             rows = np.flatnonzero(keep)
             if not len(rows):
                 continue
-            if kinds is None:
-                kinds = [task.kind for task in tasks]
+            if kind_codes is None:
+                codes: dict[str, int] = {}
+                kind_codes = np.fromiter((codes.setdefault(task.kind, len(codes))
+                                          for task in tasks), dtype=np.int64, count=n)
+                kinds = list(codes)
             row_parts += [rows, rows]
             index_parts += [np.full(len(rows), index("num:" + name), dtype=np.int64),
-                            self._numeric_columns(name, [kinds[row] for row in rows.tolist()])]
+                            self._numeric_columns(name, kinds)[kind_codes[rows]]]
             data_parts += [z[rows], z[rows]]
         rows = np.concatenate(row_parts)
         order = np.argsort(rows, kind="stable")
@@ -245,15 +248,9 @@ class FeatureEncoder:
         return pair
 
     def _numeric_columns(self, name: str, kinds: list[str]) -> np.ndarray:
-        """The column of ``kind|name`` for each row's kind."""
-        pairs = self._numeric_cache
-        result = []
-        for kind in kinds:
-            pair = pairs.get((kind, name))
-            if pair is None:
-                pair = self._numeric_pair(kind, name)
-            result.append(pair[1])
-        return np.asarray(result, dtype=np.int64)
+        """The column of ``kind|name`` for each of ``kinds``."""
+        return np.array([self._numeric_pair(kind, name)[1] for kind in kinds],
+                        dtype=np.int64)
 
     def get_state(self) -> tuple[dict, dict[str, np.ndarray]]:
         """(JSON-able metadata, numpy arrays) for a checkpoint."""
