@@ -14,6 +14,7 @@ from operator import itemgetter
 from typing import TYPE_CHECKING
 
 import numpy as np
+import scipy.sparse as sp
 
 from ray_sched.learner.features import DEFAULT_BUCKETS, FeatureEncoder, _as_float
 from ray_sched.params import check_range
@@ -447,14 +448,11 @@ class RefitWindow:
         REFIT_STEPS reweighted solves over the columns the window uses; the weights start
         from the residuals of (``coef``, ``intercept``). Columns the window does not use
         keep their value. Returns the new (coef, intercept)."""
-        import scipy.sparse as sp
-
         self.since_ = 0
         matrix = sp.csr_matrix(matrix)
         active = np.unique(matrix.indices)
         design = sp.hstack([matrix[:, active], np.ones((matrix.shape[0], 1))], format="csr")
-        beta = np.append(coef[active], intercept)
-        start = beta.copy()
+        start = beta = np.append(coef[active], intercept)
         penalty = np.full(len(beta), self.ridge)
         penalty[-1] = 1e-9
         for _ in range(self.steps):
@@ -465,7 +463,7 @@ class RefitWindow:
             rhs = weighted.T @ targets + penalty * start
             if len(beta) <= REFIT_DENSE_MAX:
                 beta = np.linalg.solve(gram.toarray(), rhs)
-            else:
+            else:  # scipy.sparse.linalg is imported only by the rare model this wide
                 from scipy.sparse.linalg import cg
                 beta, _ = cg(gram, rhs, x0=beta, M=sp.diags(1.0 / gram.diagonal()),
                              maxiter=200)
