@@ -39,6 +39,7 @@ from ray_sched.errors import ConfigError
 from ray_sched.metrics import SUMMARY_FIELDS
 from ray_sched.task import PARENT_SEPARATOR
 from ray_sched.trace import validate_frame, write_trace
+from ray_sched.work import busy_neighbours
 from ray_sched.workloads import synthetic
 from ray_sched.workloads.window import (
     UNIT_COPY_GAP_S,
@@ -88,6 +89,8 @@ class Suite:
             scaling; it sets each scenario's time scale, hence how long a replay lasts.
         slots: slots of every replay (and the slot count the loads refer to).
         seed: of the synthetic traces and of randomised policies.
+        work: the tasks' synthetic work, ``sleep`` or ``cpu`` (``ray_sched.work``).
+        busy: CPU-bound neighbour processes running beside every replay (contention).
     """
 
     name: str
@@ -98,6 +101,8 @@ class Suite:
     target_span_s: float = 1.5
     slots: int = 8
     seed: int = 11
+    work: str = "sleep"
+    busy: int = 0
 
     @property
     def n_replays(self) -> int:
@@ -127,14 +132,16 @@ def get_suite(name: str) -> Suite:
 def customize(suite: Suite, *, scenarios: Sequence[str] | None = None,
               policies: Sequence[str] | None = None, loads: Sequence[float] | None = None,
               n_tasks: int | None = None, target_span_s: float | None = None,
-              slots: int | None = None) -> Suite:
+              slots: int | None = None, work: str | None = None,
+              busy: int | None = None) -> Suite:
     """A copy of ``suite`` with some dimensions replaced (None keeps the suite's), checked.
 
     Raises:
         ConfigError: an unknown scenario or policy, a load outside (0, 1.5], an empty
-            list, or a non-positive size.
+            list, a non-positive size, an unknown work or a negative busy count.
     """
     from ray_sched.policies import BASELINES, resolve_policy
+    from ray_sched.replay import check_work
 
     scenarios = tuple(suite.scenarios if scenarios is None else scenarios)
     policies = tuple(suite.policies if policies is None else policies)
@@ -159,8 +166,13 @@ def customize(suite: Suite, *, scenarios: Sequence[str] | None = None,
             raise ConfigError(f"{label} must be an integer >= 2, got {value!r}")
     if not target_span_s > 0:
         raise ConfigError(f"target_span_s must be > 0, got {target_span_s!r}")
+    work = suite.work if work is None else work
+    check_work(work)
+    busy = suite.busy if busy is None else busy
+    if not isinstance(busy, int) or isinstance(busy, bool) or busy < 0:
+        raise ConfigError(f"--busy must be an integer >= 0, got {busy!r}")
     return Suite(suite.name, scenarios, policies, tuple(sorted(set(loads))), n_tasks,
-                 target_span_s, slots, suite.seed)
+                 target_span_s, slots, suite.seed, work, busy)
 
 
 # ---------------------------------------------------------------------------------- traces
@@ -362,10 +374,11 @@ def run_suite(suite: Suite | str, out: str | Path | None = None, *,
             scale = time_scales[scenario]
             trace_path = write_trace(trace, out / "traces" / f"{scenario}-load{load:g}.csv")
             cell_started = time.perf_counter()
-            results = compare(trace_path, list(suite.policies), slots=suite.slots,
-                              out=out / scenario / f"load-{load:g}", time_scale=scale,
-                              seed=suite.seed, show_progress=False,
-                              model_options=model_options)
+            with busy_neighbours(suite.busy):
+                results = compare(trace_path, list(suite.policies), slots=suite.slots,
+                                  out=out / scenario / f"load-{load:g}", time_scale=scale,
+                                  seed=suite.seed, show_progress=False,
+                                  model_options=model_options, work=suite.work)
             cell_wall_s = time.perf_counter() - cell_started
             for result in results:
                 summary = result.summary
@@ -467,7 +480,8 @@ def render_report(frame: pd.DataFrame, suite: Suite, wall_s: float,
         f"Measured wall time: **{wall_s:.0f} s** ({wall_s / 60:.1f} min) for "
         f"{len(frame)} replays ({len(suite.scenarios)} scenarios x {len(suite.loads)} loads x "
         f"{len(suite.policies)} policies), {suite.n_tasks} tasks per trace, {suite.slots} "
-        f"slots, seed {suite.seed}. Each (scenario, load) is one trace replayed under every "
+        f"slots, seed {suite.seed}, work `{suite.work}`, {suite.busy} busy neighbour "
+        f"process(es). Each (scenario, load) is one trace replayed under every "
         f"policy one after another in one process on the same embedded Ray; `ml` starts "
         f"from an empty model in every cell. Time scale per scenario (arrival span "
         f"{suite.target_span_s:g} s at load {min(suite.loads):g}): "

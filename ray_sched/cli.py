@@ -40,6 +40,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _add_work_option(parser: argparse.ArgumentParser) -> None:
+    from ray_sched.work import WORK_KINDS
+
+    parser.add_argument("--work", choices=WORK_KINDS, default="sleep",
+                        help="synthetic work of each task, in every engine alike: sleep "
+                             "(runtime_s of wall time, the default) or cpu (a busy loop for "
+                             "runtime_s of CPU time; give as many slots as cores)")
+
+
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("trace", help="trace file (.csv, .csv.gz, .parquet, .jsonl)")
     parser.add_argument("--slots", type=_positive_int, required=True,
@@ -50,6 +59,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time-scale", type=_positive_float, default=1.0,
                         help="multiply arrivals, runtimes and deadlines by X (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of randomised policies")
+    _add_work_option(parser)
     parser.add_argument("--local-schedulers", type=_positive_int, default=None,
                         help="split the slots over K local schedulers (by region when the "
                              "trace has regions); default: one per Ray node")
@@ -238,6 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="comma-separated policies instead of the suite's")
     bench.add_argument("--loads", default=None,
                        help="comma-separated offered loads instead of the suite's")
+    _add_work_option(bench)
+    bench.add_argument("--busy", type=int, default=0, metavar="N",
+                       help="N CPU-bound neighbour processes beside every replay (a contended "
+                            "node); default 0")
     bench.set_defaults(func=cmd_bench)
 
     tune = commands.add_parser("tune", help="tune policy and controller parameters")
@@ -319,7 +333,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                         local_schedulers=args.local_schedulers, csv=args.csv,
                         show_progress=not args.no_progress,
                         model_options=_model_options(args), **_monitor_options(args),
-                        chaos=args.chaos)
+                        chaos=args.chaos, work=args.work)
     finally:
         _shutdown_ray()
     return _report(result, args.out, "replay")
@@ -353,7 +367,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
                           address=args.address, time_scale=args.time_scale, seed=args.seed,
                           local_schedulers=args.local_schedulers, csv=args.csv,
                           show_progress=not args.no_progress,
-                          model_options=_model_options(args), **_monitor_options(args))
+                          model_options=_model_options(args), **_monitor_options(args),
+                          work=args.work)
     finally:
         _shutdown_ray()
     print(comparison_table([r.summary for r in results]))
@@ -457,7 +472,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     suite = bench.customize(bench.get_suite(args.suite),
                             scenarios=bench.parse_names(args.scenarios),
                             policies=bench.parse_names(args.policies),
-                            loads=bench.parse_loads(args.loads))
+                            loads=bench.parse_loads(args.loads), work=args.work,
+                            busy=args.busy)
     frame = bench.run_suite(suite, args.out)
     failed = int(frame["n_failed"].fillna(0).sum())
     if failed:

@@ -22,12 +22,14 @@ from ray_sched.control.chaos import parse_chaos
 from ray_sched.engines import Engine, SchedulerEngine
 from ray_sched.errors import ConfigError
 from ray_sched.monitor import DECISIONS_FILE, TIMESERIES_FILE
+from ray_sched.monitor.cpu import ControlPlaneCpu
 from ray_sched.monitor.energy import EnergyModel
 from ray_sched.policies import BASELINES, resolve_policy
 from ray_sched.progress import Progress
 from ray_sched.sim.engine import ARRIVAL_BATCH_WINDOW_S
 from ray_sched.task import Completion, Task
 from ray_sched.trace import frame_to_tasks, read_trace, validate_frame
+from ray_sched.work import WORK_KINDS
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +50,21 @@ class ReplayResult:
         return self.summary["n_failed"] == 0 and self.summary["n_ok"] == self.summary["n_tasks"]
 
 
-def load_tasks(trace, time_scale: float = 1.0) -> tuple[pd.DataFrame, list[Task]]:
-    """A trace path or frame -> (validated frame, Tasks scaled by ``time_scale``)."""
+def load_tasks(trace, time_scale: float = 1.0, work: str = "sleep"
+               ) -> tuple[pd.DataFrame, list[Task]]:
+    """A trace path or frame -> (validated frame, Tasks scaled by ``time_scale`` that run
+    ``work`` as their synthetic work)."""
     frame = read_trace(trace) if isinstance(trace, (str, Path)) else validate_frame(trace)
-    return frame, frame_to_tasks(frame, time_scale=time_scale)
+    tasks = frame_to_tasks(frame, time_scale=time_scale)
+    for task in tasks:
+        task.work = work
+    return frame, tasks
+
+
+def check_work(work: str) -> None:
+    """Raises ConfigError for a ``--work`` that is not one of :data:`WORK_KINDS`."""
+    if work not in WORK_KINDS:
+        raise ConfigError(f"--work must be one of {', '.join(WORK_KINDS)}, got {work!r}")
 
 
 def make_engine(policy: str, slots: int, *, address: str | None = None,
@@ -202,7 +215,7 @@ def replay(trace, *, policy: str, slots: int, out: str | Path | None = None,
            show_progress: bool = True, engine: Engine | None = None,
            model_options: dict | None = None, alerts=None, otlp_endpoint: str | None = None,
            monitor: bool = True, chaos: str | list[str] | None = None,
-           inline: bool = True, controls=None) -> ReplayResult:
+           inline: bool = True, controls=None, work: str = "sleep") -> ReplayResult:
     """Replay a trace under one policy and (optionally) write ``out/tasks.parquet`` and
     ``out/summary.json``.
 
@@ -229,17 +242,20 @@ def replay(trace, *, policy: str, slots: int, out: str | Path | None = None,
             ``--no-inline``.
         controls: the adaptive controllers (work stealing, forecast, adaptive
             concurrency): a :class:`ray_sched.control.Controls` or a dict of its fields.
+        work: the synthetic work each task runs, in every engine alike: ``sleep``
+            (``runtime_s`` of wall time) or ``cpu`` (``runtime_s`` of CPU time).
 
     Raises:
-        TraceError: a bad trace. ConfigError: a bad policy, slot count or time scale.
+        TraceError: a bad trace. ConfigError: a bad policy, slot count, time scale or work.
     """
     if not isinstance(slots, int) or slots < 1:
         raise ConfigError(f"--slots must be an integer >= 1, got {slots!r}")
     if not (isinstance(time_scale, (int, float)) and time_scale > 0):
         raise ConfigError(f"--time-scale must be > 0, got {time_scale!r}")
+    check_work(work)
     if policy not in BASELINES:
         resolve_policy(policy)
-    frame, tasks = load_tasks(trace, time_scale)
+    frame, tasks = load_tasks(trace, time_scale, work)
     regions = sorted({t.region for t in tasks if t.region is not None}) or None
     faults = parse_chaos(chaos)
     if policy in BASELINES and (alerts or otlp_endpoint or faults):
@@ -259,7 +275,11 @@ def replay(trace, *, policy: str, slots: int, out: str | Path | None = None,
     try:
         for fault in faults:
             engine.check_fault(fault.action, fault.index)
+        scheduler = getattr(engine, "scheduler", None)
+        meter = ControlPlaneCpu(getattr(scheduler, "control_cpu_s", None))
+        cpu_before = meter.read()
         t0, completions = drive(engine, tasks, progress=progress, chaos=faults)
+        cpu = ControlPlaneCpu.summary(cpu_before, meter.read(), len(tasks))
         output = getattr(engine, "monitor_output", None)
         if output is not None:
             try:
@@ -271,7 +291,7 @@ def replay(trace, *, policy: str, slots: int, out: str | Path | None = None,
         if own_engine:
             engine.close()
     results = results_frame(tasks, completions, t0, policy)
-    extras = {"time_scale": time_scale, "seed": seed,
+    extras = {"time_scale": time_scale, "seed": seed, "work": work,
               "trace": _trace_name(trace)}
     learner_info = getattr(getattr(engine, "scheduler", None), "learner_info", None)
     if learner_info:
@@ -280,6 +300,7 @@ def replay(trace, *, policy: str, slots: int, out: str | Path | None = None,
         extras["learner_fallback_batches"] = learner_info.get("fallback_batches")
         extras["learner_drift_events"] = learner_info.get("stats", {}).get("drift_events")
     extras.update(control)
+    extras.update(cpu)
     if faults:
         extras["chaos_events"] = [str(fault) for fault in faults]
     if "totals" in watched:
@@ -354,7 +375,7 @@ def compare(trace, policies: list[str], *, slots: int, out: str | Path,
             local_schedulers: int | None = None, csv: bool = False,
             show_progress: bool = True, model_options: dict | None = None,
             alerts=None, otlp_endpoint: str | None = None,
-            inline: bool = True, controls=None) -> list[ReplayResult]:
+            inline: bool = True, controls=None, work: str = "sleep") -> list[ReplayResult]:
     """Replay one trace under several policies, one after another on the same Ray, into
     ``out/<policy>/``; writes ``out/comparison.md`` and ``out/summary.csv``. ``alerts``
     and ``otlp_endpoint`` (see :func:`replay`) apply to our policies, not the baselines.
@@ -364,6 +385,7 @@ def compare(trace, policies: list[str], *, slots: int, out: str | Path,
     """
     if not policies:
         raise ConfigError("no policy to compare")
+    check_work(work)
     for policy in policies:
         if policy not in BASELINES:
             resolve_policy(policy)
@@ -376,7 +398,7 @@ def compare(trace, policies: list[str], *, slots: int, out: str | Path,
                               show_progress=show_progress, model_options=model_options,
                               alerts=None if policy in BASELINES else alerts,
                               otlp_endpoint=None if policy in BASELINES else otlp_endpoint,
-                              inline=inline, controls=controls))
+                              inline=inline, controls=controls, work=work))
     summaries = [r.summary for r in results]
     (out / "comparison.md").write_text(metrics.markdown_table(summaries) + "\n")
     pd.DataFrame(summaries).to_csv(out / "summary.csv", index=False)

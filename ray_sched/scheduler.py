@@ -586,6 +586,11 @@ class Scheduler:
             kill_node.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
                 node, soft=False)).remote()
 
+    def control_cpu_s(self) -> dict[str, float]:
+        """CPU seconds so far of each of this scheduler's actors, by role (``global``,
+        ``local:<name>``, ``learner``, ``monitor``): what its control plane has cost."""
+        return ray.get(self._global.cpu_seconds.remote(), timeout=30)
+
     def set_epoch(self, epoch: float) -> None:
         """The wall time that the monitor's and the decision log's ``t_s`` count from."""
         self._global.set_epoch.remote(epoch)  # not awaited: the replay's clock has started

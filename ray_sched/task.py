@@ -37,6 +37,7 @@ class Task:
     parents: tuple[str, ...] = ()
     cpu: float = 1.0
     features: dict[str, Any] = field(default_factory=dict)
+    work: str = "sleep"                # synthetic work for replays: sleep or cpu (work.py)
     # Filled in by the schedulers on the way through.
     submitted_at: float = 0.0          # wall clock (time.time()) when handed to the scheduler
     predicted_runtime_s: float | None = None   # the learner's p50

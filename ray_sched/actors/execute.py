@@ -87,12 +87,12 @@ class StageActor:
         return close() if callable(close) else None
 
 
-def run_inline(payload, runtime_s: float | None) -> tuple[tuple, Any]:
+def run_inline(payload, runtime_s: float | None, work: str = "sleep") -> tuple[tuple, Any]:
     """A task run on the local scheduler's own thread (the hybrid path): synthetic work
     when there is no payload, else the user's call. Returns (meta, ObjectRef of the value
     or None), the meta as :func:`user_call`'s."""
     if payload is None:
-        start, finish = synthetic_work(runtime_s or 0.0)
+        start, finish = synthetic_work(runtime_s or 0.0, work=work)
         return (start, finish, ""), None
     meta, value = user_call(ray.get(payload) if isinstance(payload, ray.ObjectRef)
                             else payload)

@@ -23,8 +23,10 @@ from ray_sched.actors.local_scheduler import LocalScheduler
 from ray_sched.actors.monitor_actor import MonitorActor
 from ray_sched.control import Controls
 from ray_sched.control.forecast import WorkloadForecaster
+from ray_sched.control.priority import set_process_nice
 from ray_sched.control.stealing import MIN_STEAL_RUNTIME_S, STEAL_EVERY_S, plan_steals
 from ray_sched.learner import FallbackPredictor
+from ray_sched.monitor.cpu import process_cpu_s
 from ray_sched.policies import PLACEMENTS
 from ray_sched.policies.global_core import GlobalCore
 from ray_sched.policies.placement import WorkerLoad
@@ -67,6 +69,9 @@ class GlobalScheduler:
             warnings.simplefilter("ignore", DeprecationWarning)
             self._awaiting_recovery = bool(context.was_current_actor_reconstructed)
         self._held_back: list[tuple] = []  # completions that arrived before recover()
+        self.controls = Controls.of(controls, inline=inline)
+        self.priority = set_process_nice(self.controls.control_nice)
+        nice = {"control_nice": self.controls.control_nice}
         # The learner, when the policy needs predictions; the fallback serves while it
         # is unreachable (dead, restarting, slow) and before it answers at all.
         self.learner = None
@@ -74,11 +79,10 @@ class GlobalScheduler:
             self.learner = LearnerActor.options(
                 scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True),
                 **self._named("learner"),
-            ).remote(**learner_options)
+            ).remote(**learner_options, **nice)
         self.fallback = FallbackPredictor()
         self.n_fallback_batches = 0
         self.plan = [dict(entry) for entry in plan]
-        self.controls = Controls.of(controls, inline=inline)
         self._local_args = (ordering, me, self.learner, stages, self.controls.as_dict())
         self.locals = [self._start_local(entry) for entry in self.plan]
         self._recovering: set[int] = set()
@@ -98,7 +102,7 @@ class GlobalScheduler:
             self.monitor = MonitorActor.options(
                 scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False),
                 **self._named("monitor"),
-            ).remote(**monitor_options)
+            ).remote(**monitor_options, **nice)
         self._monitor_records: list[tuple] = []
         self._monitor_task: asyncio.Task | None = None
         self._lost: set[str] = set()
@@ -298,6 +302,23 @@ class GlobalScheduler:
         """Each local scheduler's hybrid-execution stats, by name."""
         stats = await asyncio.gather(*(local.inline_stats.remote() for local in self.locals))
         return {entry["name"]: one for entry, one in zip(self.plan, stats)}
+
+    async def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds so far of each of ray_sched's actors by role: this one, every local
+        scheduler, the learner and the monitor (one that does not answer is left out)."""
+        actors = {f"local:{entry['name']}": local
+                  for entry, local in zip(self.plan, self.locals)}
+        if self.learner is not None:
+            actors["learner"] = self.learner
+        if self.monitor is not None:
+            actors["monitor"] = self.monitor
+        answers = await asyncio.gather(
+            *(asyncio.wait_for(actor.cpu_seconds.remote(), SNAPSHOT_TIMEOUT_S)
+              for actor in actors.values()), return_exceptions=True)
+        seconds = {role: float(answer) for role, answer in zip(actors, answers)
+                   if not isinstance(answer, BaseException)}
+        seconds["global"] = process_cpu_s()
+        return seconds
 
     async def incarnation_id(self) -> str:
         """Changes when Ray restarts this actor (the driver then calls :meth:`recover`)."""

@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import ray
 
+from ray_sched.control.priority import set_process_nice
 from ray_sched.learner import Learner, Predictions, latest_checkpoint
 from ray_sched.learner.learner import DEFAULT_CHECKPOINT_EVERY, ObservationBuffer
+from ray_sched.monitor.cpu import process_cpu_s
 from ray_sched.task import Task
 
 log = logging.getLogger(__name__)
@@ -21,7 +23,8 @@ log = logging.getLogger(__name__)
 @ray.remote(num_cpus=0, max_restarts=-1)
 class LearnerActor:
     def __init__(self, model_dir: str | None = None, load: str | None = "latest",
-                 checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY):
+                 checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY, control_nice: int = 0):
+        self.priority = set_process_nice(control_nice)
         # scikit-learn (~1 s to import) now, while the scheduler waits for this actor to
         # be up, not at the first completion, while predictions would wait behind it.
         import sklearn.linear_model  # noqa: F401
@@ -45,7 +48,7 @@ class LearnerActor:
     def info(self) -> dict:
         self._learn_waiting()
         return {"loaded_from": self.loaded_from, "n_observed": self.learner.n_observed_,
-                "last_checkpoint": self.last_checkpoint}
+                "last_checkpoint": self.last_checkpoint, "priority": self.priority}
 
     def predict(self, tasks: list[Task]) -> Predictions:
         self._learnt(self._waiting.flush_if_stale())
@@ -71,6 +74,10 @@ class LearnerActor:
         self.last_checkpoint = str(self.learner.save(self.model_dir))
         self._since_checkpoint = 0
         return self.last_checkpoint
+
+    def cpu_seconds(self) -> float:
+        """This actor's process CPU seconds so far (the control plane's cost)."""
+        return process_cpu_s()
 
     def recent_error(self) -> float | None:
         """Recent mean |log error| of the runtime model (the monitor's once-a-second read)."""

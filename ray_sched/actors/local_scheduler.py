@@ -28,6 +28,8 @@ from ray_sched.actors.execute import (
 from ray_sched.control import Controls
 from ray_sched.control.concurrency import ConcurrencyController, node_load
 from ray_sched.control.inline import InlineDecider
+from ray_sched.control.priority import set_process_nice
+from ray_sched.monitor.cpu import process_cpu_s
 from ray_sched.policies import ORDERINGS
 from ray_sched.policies.learned import REFRESH_EVERY_S, REFRESH_MAX_TASKS
 from ray_sched.policies.local import LocalCore
@@ -67,6 +69,7 @@ class LocalScheduler:
         # Hybrid execution: tasks predicted shorter than a Ray launch run on these threads
         # (one per slot: the core never runs more tasks than slots).
         controls = Controls.of(controls, inline=inline)
+        self.priority = set_process_nice(controls.control_nice)
         self._inline = InlineDecider(enabled=controls.inline)
         # Adaptive concurrency: the slot count follows the node's CPU and memory.
         self._concurrency = None
@@ -99,7 +102,8 @@ class LocalScheduler:
         return list(await asyncio.gather(*calls))
 
     async def ping(self) -> dict:
-        return {"name": self.name, "node_id": self.node_id, "slots": self.core.slots}
+        return {"name": self.name, "node_id": self.node_id, "slots": self.core.slots,
+                "priority": self.priority}
 
     async def warmup(self) -> None:
         """Start this node's workers for every slot (and every stage's actors) before any
@@ -138,6 +142,10 @@ class LocalScheduler:
                 continue
             queue.refresh([t.task_id for t in waiting], predictions.p50_s,
                           predictions.p90_s, predictions.mean_s)
+
+    async def cpu_seconds(self) -> float:
+        """This actor's process CPU seconds so far (the control plane's cost)."""
+        return process_cpu_s()
 
     async def snapshot(self) -> dict:
         return self._snapshot()
@@ -225,7 +233,7 @@ class LocalScheduler:
             if task.stage is None and self._inline.choose(task.kind, p90):
                 launched = time.time()
                 future = asyncio.get_running_loop().run_in_executor(
-                    self._pool, run_inline, task.payload, task.runtime_s)
+                    self._pool, run_inline, task.payload, task.runtime_s, task.work)
                 self._track(self._watch_inline(task, future, launched))
                 continue
             if task.stage is not None:
@@ -235,7 +243,8 @@ class LocalScheduler:
                     self._stage_actors[task.stage])]
                 meta_ref, value_ref = actor.call.remote(task.payload)
             elif task.payload is None:
-                meta_ref = self._launcher("synthetic", cpu).remote(task.runtime_s)
+                meta_ref = self._launcher("synthetic", cpu).remote(task.runtime_s,
+                                                                   work=task.work)
                 value_ref = None
             else:
                 meta_ref, value_ref = self._launcher("call", cpu).remote(task.payload)

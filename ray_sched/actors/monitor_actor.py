@@ -21,9 +21,11 @@ from pathlib import Path
 import numpy as np
 import ray
 
+from ray_sched.control.priority import set_process_nice
 from ray_sched.monitor import ALERTS_FILE
 from ray_sched.monitor.alerts import Alert, AlertRule
 from ray_sched.monitor.core import MonitorCore
+from ray_sched.monitor.cpu import process_cpu_s
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,8 @@ class MonitorActor:
 
     def __init__(self, rules: list[dict] | None = None, out_dir: str | None = None,
                  otlp_endpoint: str | None = None, epoch: float | None = None,
-                 telemetry: bool = True):
+                 telemetry: bool = True, control_nice: int = 0):
+        self.priority = set_process_nice(control_nice)
         self.out_dir = None if out_dir is None else Path(out_dir)
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -61,6 +64,10 @@ class MonitorActor:
 
     def set_epoch(self, epoch: float) -> None:
         self.core.epoch = epoch
+
+    def cpu_seconds(self) -> float:
+        """This actor's process CPU seconds so far (the control plane's cost)."""
+        return process_cpu_s()
 
     def ping(self) -> bool:
         return True

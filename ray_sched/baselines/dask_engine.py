@@ -68,7 +68,7 @@ class DaskEngine:
     def _submit_one(self, task: Task) -> None:
         parents = [self._futures[p] for p in task.parents]
         future = self.client.submit(
-            synthetic_work, task.runtime_s, *parents, key=dask_key(task),
+            synthetic_work, task.runtime_s, *parents, work=task.work, key=dask_key(task),
             priority=task.priority, resources={"slot": min(task.cpu, self.slots)}, pure=False)
         task.attempts = 1
         self._futures[task.task_id] = future

@@ -40,8 +40,8 @@ class RayDefaultEngine:
             for task in self._held:
                 if all(p in self._refs for p in task.parents):
                     parents = [self._refs[p] for p in task.parents]
-                    ref = self._launcher(min(task.cpu, self.slots)).remote(task.runtime_s,
-                                                                           *parents)
+                    ref = self._launcher(min(task.cpu, self.slots)).remote(
+                        task.runtime_s, *parents, work=task.work)
                     task.attempts = 1
                     self._refs[task.task_id] = ref
                     self._pending[ref] = task

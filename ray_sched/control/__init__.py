@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from ray_sched.control.priority import CONTROL_NICE, NICE_RANGE
 from ray_sched.errors import ConfigError
 
 
@@ -36,6 +37,9 @@ class Controls:
             baselines keeps the slots it was given.
         min_slots, max_slots: per local scheduler, as a fraction of its configured slots
             (defaults 0.5 and 2.0).
+        control_nice: the nice value of ray_sched's actors where the OS allows raising
+            their priority (:mod:`ray_sched.control.priority`); 0 leaves them at normal
+            priority (``--normal-priority``).
     """
 
     inline: bool = True
@@ -44,6 +48,7 @@ class Controls:
     adaptive: bool = False
     min_slots: float = 0.5
     max_slots: float = 2.0
+    control_nice: int = CONTROL_NICE
 
     def __post_init__(self):
         for name in ("inline", "steal", "forecast", "adaptive"):
@@ -54,6 +59,11 @@ class Controls:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
                 raise ConfigError(f"controls.{name} must be a number > 0, got {value!r}")
+        low, high = NICE_RANGE
+        nice = self.control_nice
+        if isinstance(nice, bool) or not isinstance(nice, int) or not low <= nice <= high:
+            raise ConfigError(f"controls.control_nice must be an integer in [{low}, {high}], "
+                              f"got {nice!r}")
         if self.min_slots > 1 or self.max_slots < 1:
             raise ConfigError(f"controls need min_slots <= 1 <= max_slots (fractions of the "
                               f"configured slots), got {self.min_slots} and {self.max_slots}")
