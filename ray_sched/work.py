@@ -73,7 +73,7 @@ def busy_neighbours(n: int) -> Iterator[list[int]]:
     Raises:
         ValueError: ``n`` < 0.
     """
-    if not isinstance(n, int) or n < 0:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ValueError(f"busy neighbours must be a whole number >= 0, got {n!r}")
     context = multiprocessing.get_context("spawn")
     processes = [context.Process(target=_spin_forever, daemon=True, name=f"busy-{i}")

@@ -212,7 +212,8 @@ def test_expected_completion_steers_away_from_a_region_with_a_burst_ahead():
 
 def test_controls_default_to_inline_steal_and_forecast_without_adaptive_slots():
     assert Controls().as_dict() == {"inline": True, "steal": True, "forecast": True,
-                                    "adaptive": False, "min_slots": 0.5, "max_slots": 2.0}
+                                    "adaptive": False, "min_slots": 0.5, "max_slots": 2.0,
+                                    "control_nice": -10}
 
 
 def test_controls_come_from_a_dict_with_overrides_that_are_not_none():

@@ -73,3 +73,42 @@ def test_scheduling_goes_on_when_the_learner_dies_and_it_restarts_from_its_check
             except Exception:  # noqa: BLE001 - still restarting
                 time.sleep(0.2)
         assert info is not None and info["loaded_from"] is not None
+
+
+def test_the_learner_actor_publishes_snapshots_that_predict_as_it_does(ray_local, tmp_path):
+    import ray
+
+    from ray_sched.actors.learner_actor import LearnerActor
+    from ray_sched.trace import frame_to_tasks
+
+    tasks = frame_to_tasks(small_trace(200, tree_share=0.0))
+    runtimes = [0.01 + 0.002 * (index % 7) for index in range(len(tasks))]
+    actor = LearnerActor.options(num_cpus=0).remote(model_dir=str(tmp_path / "models"),
+                                                    load=None)
+    try:
+        first = ray.get(actor.snapshot.remote(), timeout=60)
+        assert first.version == 1 and first.n_observed == 0
+        # Completions in batches of 10, as the global scheduler sends them, until a
+        # snapshot comes back (never two within SnapshotSchedule's min_gap_s).
+        updates, sent, deadline = [], 0, time.monotonic() + 60
+        while not any(updates) or sent < 100:
+            assert time.monotonic() < deadline, "no snapshot published within 60 s"
+            start = sent % len(tasks)
+            updates.append(ray.get(actor.observe.remote(tasks[start:start + 10],
+                                                        runtimes[start:start + 10]),
+                                   timeout=60))
+            sent += 10
+        published = [update for update in updates if update is not None]
+        # Not one per call: a snapshot only when the schedule says one is due.
+        assert 1 <= len(published) < len(updates)
+        assert [u.version for u in published] == list(range(2, 2 + len(published)))
+        assert len({u.incarnation for u in published + [first]}) == 1
+        assert published[-1].n_observed <= sent
+        latest = ray.get(actor.snapshot.remote(), timeout=60)
+        assert latest.n_observed == sent and latest.recent_error is not None
+        model = ray.get(latest.model, timeout=60)
+        ours = model.predict(tasks[:30])
+        theirs = ray.get(actor.predict.remote(tasks[:30]), timeout=60)
+        assert list(ours.p50_s) == pytest.approx(list(theirs.p50_s))
+    finally:
+        ray.kill(actor)

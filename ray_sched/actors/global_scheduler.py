@@ -27,15 +27,22 @@ from ray_sched.control.priority import set_process_nice
 from ray_sched.control.stealing import MIN_STEAL_RUNTIME_S, STEAL_EVERY_S, plan_steals
 from ray_sched.learner import FallbackPredictor
 from ray_sched.monitor.cpu import process_cpu_s
-from ray_sched.policies import PLACEMENTS
+from ray_sched.policies import ORDERINGS, PLACEMENTS
 from ray_sched.policies.global_core import GlobalCore
 from ray_sched.policies.placement import WorkerLoad
 from ray_sched.task import Completion, Task, without_payload
 
 log = logging.getLogger(__name__)
 
-#: How long a batch waits for the learner's predictions before the fallback answers.
-PREDICT_TIMEOUT_S = 1.0
+#: How long the first snapshot of the learner may take at start (it loads a checkpoint).
+SNAPSHOT_START_TIMEOUT_S = 60.0
+#: Completions wait this long to be sent to the learner together: one call per batch costs
+#: the same few hundred microseconds as one per task, and a snapshot that learnt them
+#: comes back at most every couple of seconds anyway (SnapshotSchedule).
+OBSERVE_EVERY_S = 0.25
+#: Until the learner has been sent this many completions, each batch goes at once: early
+#: predictions steer the first bursts most.
+OBSERVE_AT_ONCE_UNTIL = 256
 #: The monitor's sampling period: local scheduler snapshots, learner error, lost actors.
 MONITOR_EVERY_S = 1.0
 #: A local scheduler's snapshot that takes longer is skipped for that second.
@@ -82,8 +89,17 @@ class GlobalScheduler:
             ).remote(**learner_options, **nice)
         self.fallback = FallbackPredictor()
         self.n_fallback_batches = 0
+        # The learner's latest snapshot: predictions are a local call on it.
+        self.model = None
+        self._model_key: tuple[str, int] | None = None
+        self.learner_error: float | None = None
+        self._to_learn: tuple[list[Task], list[float]] = ([], [])
+        self._learn_pending = False
+        self.n_sent_to_learner = 0
         self.plan = [dict(entry) for entry in plan]
         self._local_args = (ordering, me, self.learner, stages, self.controls.as_dict())
+        # Local schedulers whose queues re-predict their tasks get every new snapshot.
+        self._locals_refresh = hasattr(ORDERINGS[ordering]().make_queue(), "refresh")
         self.locals = [self._start_local(entry) for entry in self.plan]
         self._recovering: set[int] = set()
         self._closing = False
@@ -104,6 +120,7 @@ class GlobalScheduler:
                 **self._named("monitor"),
             ).remote(**monitor_options, **nice)
         self._monitor_records: list[tuple] = []
+        self._background: set[asyncio.Task] = set()
         self._monitor_task: asyncio.Task | None = None
         self._lost: set[str] = set()
         self._learner_reachable = True
@@ -137,6 +154,7 @@ class GlobalScheduler:
         described = list(await asyncio.gather(*(local.ping.remote() for local in self.locals)))
         if self.learner is not None:
             described.append({"learner": await self.learner.info.remote()})
+            await self._first_snapshot()
         if self.monitor is not None:
             await self.monitor.ping.remote()
         self._start_loops()
@@ -158,7 +176,7 @@ class GlobalScheduler:
         for task in tasks:
             task.received_wall = now
         if self.learner is not None:
-            await self._predict(tasks)
+            self._predict(tasks)
         if self.forecaster is not None:
             self.forecaster.observe([t.kind for t in tasks], [t.region for t in tasks],
                                     [_work_s(t) for t in tasks])
@@ -166,28 +184,77 @@ class GlobalScheduler:
         self._send(placements)
         self._record(failed, {t.task_id: t for t in tasks} if failed else {})
 
-    async def _predict(self, tasks: list[Task]) -> None:
-        try:
-            predictions = await asyncio.wait_for(self.learner.predict.remote(tasks),
-                                                 timeout=PREDICT_TIMEOUT_S)
-        except Exception as error:  # noqa: BLE001 - the fallback keeps scheduling going
+    def _predict(self, tasks: list[Task]) -> None:
+        """Predictions from the learner's latest snapshot, in this process; the heuristic
+        fallback only until a first snapshot has arrived."""
+        if self.model is not None:
+            predictions = self.model.predict(tasks)
+        else:
             self.n_fallback_batches += 1
             if self.n_fallback_batches == 1 or self.n_fallback_batches % 100 == 0:
-                log.warning("learner unavailable (%s); heuristic fallback in use", error)
+                log.warning("no snapshot of the learner yet; heuristic fallback in use")
             predictions = self.fallback.predict(tasks)
         predictions.apply(tasks)
 
+    async def _first_snapshot(self) -> None:
+        """Ask the learner for a snapshot now (at start, after a restart of this actor);
+        the fallback predicts until one arrives."""
+        try:
+            await self._take_update(await asyncio.wait_for(self.learner.snapshot.remote(),
+                                                           SNAPSHOT_START_TIMEOUT_S))
+        except Exception as error:  # noqa: BLE001 - the fallback keeps scheduling going
+            log.warning("no snapshot of the learner (%s); heuristic fallback in use", error)
+
+    async def _take_update(self, update) -> None:
+        """A new snapshot of the learner: predict with it here, and hand it to every local
+        scheduler (they re-predict their queues with it)."""
+        if update is None:
+            return
+        self.learner_error = update.recent_error
+        key = (update.incarnation, update.version)
+        if self._model_key is not None and key[0] == self._model_key[0] \
+                and key[1] <= self._model_key[1]:
+            return  # an older snapshot than the one in use, answered late
+        self.model = await update.model
+        self._model_key = key
+        if self._locals_refresh:
+            for local in self.locals:
+                local.set_model.remote(update.model)
+
     def _observe(self, completions: list[Completion]) -> None:
-        tasks, measured = [], []
+        tasks, measured = self._to_learn
         for completion in completions:
             entry = self.core.ledger.get(completion.task_id)
             runtime = completion.measured_runtime_s
             if entry is not None and completion.status == "ok" and runtime is not None:
                 tasks.append(without_payload(entry.task))
                 measured.append(runtime)
-        if tasks:
-            self.fallback.observe(tasks, measured)
-            self.learner.observe.remote(tasks, measured)
+        if tasks and not self._learn_pending:
+            self._learn_pending = True
+            delay = 0.0 if self.n_sent_to_learner < OBSERVE_AT_ONCE_UNTIL else OBSERVE_EVERY_S
+            asyncio.get_running_loop().call_later(delay, self._send_to_learner)
+
+    def _send_to_learner(self) -> None:
+        """One call with every completion gathered since the last; a snapshot that is due
+        comes back as its answer."""
+        self._learn_pending = False
+        (tasks, measured), self._to_learn = self._to_learn, ([], [])
+        if not tasks:
+            return
+        self.fallback.observe(tasks, measured)
+        self.n_sent_to_learner += len(tasks)
+        self._track(self._await_update(self.learner.observe.remote(tasks, measured)))
+
+    async def _await_update(self, answer) -> None:
+        try:
+            await self._take_update(await answer)
+        except Exception as error:  # noqa: BLE001 - a dead or restarting learner: predictions go on
+            log.debug("learner observe failed: %s", error)
+
+    def _track(self, coroutine) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def completed(self, local_name: str, completions: list[Completion],
                         snapshot: dict) -> None:
@@ -266,8 +333,10 @@ class GlobalScheduler:
             for parent in task.parents:
                 if parent not in pending:
                     self.core.finished[parent] = parent not in failed
+        if self.learner is not None and self.model is None:
+            await self._first_snapshot()
         if self.learner is not None and tasks:
-            await self._predict(tasks)  # the driver's copies carry no prediction
+            self._predict(tasks)  # the driver's copies carry no prediction
         kept = [(task, where[task.task_id]) for task in tasks if task.task_id in where]
         again = [task for task in tasks if task.task_id not in where]
         self.core.adopt(kept, "held by its local scheduler when the global scheduler "
@@ -495,12 +564,15 @@ class GlobalScheduler:
         monitor (when there is one) this second's records, every local scheduler's state,
         the learner's recent error, and any local scheduler, learner or node found lost."""
         now = time.time()
-        states = await asyncio.gather(
-            *(asyncio.wait_for(local.snapshot.remote(), SNAPSHOT_TIMEOUT_S)
-              for local in self.locals), return_exceptions=True)
+        check = now - self._nodes_checked >= NODE_CHECK_EVERY_S
+        # A local scheduler that sent completions within the period has told its state
+        # already; the others are asked (which also finds the dead ones).
+        states = list(await asyncio.gather(
+            *(self._state_of(entry["name"], local, now)
+              for entry, local in zip(self.plan, self.locals)), return_exceptions=True))
         dead = {index: state for index, state in enumerate(states)
                 if isinstance(state, ray.exceptions.RayActorError)}
-        if now - self._nodes_checked >= NODE_CHECK_EVERY_S:
+        if check:
             # A call to an actor on a lost node can hang until Ray notices: check the nodes.
             self._nodes_checked = now
             nodes = await asyncio.get_running_loop().run_in_executor(None, ray.nodes)
@@ -519,12 +591,14 @@ class GlobalScheduler:
         for index, (entry, state) in enumerate(zip(self.plan, states)):
             if isinstance(state, BaseException) or index in dead:
                 continue  # dead (replaced above) or slow this second
+            state = dict(state)
+            state.pop("sent_wall", None)
             state["region"] = entry.get("region") or ""
             state["backlog_predicted_s"] = float(loads.predicted_backlog_s[index])
             state["backlog_actual_s"] = float(loads.true_backlog_s[index])
             sample.append(state)
-        learner_error = None
-        if self.learner is not None:
+        learner_error = self.learner_error
+        if self.learner is not None and check:  # its liveness, with the node check
             try:
                 learner_error = await asyncio.wait_for(self.learner.recent_error.remote(),
                                                        MONITOR_EVERY_S)
@@ -542,6 +616,14 @@ class GlobalScheduler:
             log.warning("the monitor died (%s); it restarts without its history", error)
         except TimeoutError:
             log.warning("the monitor is slow: a sample was skipped")
+
+    async def _state_of(self, name: str, local, now: float) -> dict:
+        """A local scheduler's state: the one it sent with completions within the
+        monitor's period, else asked now."""
+        snapshot = self.snapshots.get(name)
+        if snapshot is not None and now - snapshot.get("sent_wall", 0.0) < MONITOR_EVERY_S:
+            return snapshot
+        return await asyncio.wait_for(local.snapshot.remote(), SNAPSHOT_TIMEOUT_S)
 
     def _report_lost(self, now: float, what: str, name: str, detail) -> None:
         """Tell the monitor (once per loss) that an actor or node is gone."""

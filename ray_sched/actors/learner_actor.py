@@ -1,23 +1,48 @@
 """The Learner actor: a thin Ray wrapper around :class:`ray_sched.learner.Learner` that
-loads its latest checkpoint at start and writes one every ``checkpoint_every``
-observations and at shutdown."""
+loads its latest checkpoint at start, writes one every ``checkpoint_every`` observations
+and at shutdown, and publishes snapshots of itself (:class:`ModelUpdate`) that the
+schedulers predict with locally: learning is central and batched, predicting costs no
+round trip."""
 
 from __future__ import annotations
 
 import logging
 import time
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import ray
 
 from ray_sched.control.priority import set_process_nice
-from ray_sched.learner import Learner, Predictions, latest_checkpoint
+from ray_sched.learner import Learner, Predictions, SnapshotSchedule, latest_checkpoint
 from ray_sched.learner.learner import DEFAULT_CHECKPOINT_EVERY, ObservationBuffer
 from ray_sched.monitor.cpu import process_cpu_s
 from ray_sched.task import Task
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelUpdate:
+    """A published snapshot of the learner.
+
+    Attributes:
+        version: 1, 2, ... per learner actor incarnation (a restarted learner starts again:
+            compare ``incarnation`` too).
+        incarnation: this learner actor's id.
+        n_observed: tasks the snapshot has learnt from.
+        model: ObjectRef of the :class:`ray_sched.learner.Learner` snapshot (fetched once
+            by each scheduler that uses it).
+        recent_error: recent mean |log error| of the runtime model (None before any).
+    """
+
+    version: int
+    incarnation: str
+    n_observed: int
+    model: ray.ObjectRef
+    recent_error: float | None
 
 
 @ray.remote(num_cpus=0, max_restarts=-1)
@@ -44,6 +69,8 @@ class LearnerActor:
         self._since_checkpoint = 0
         self.last_checkpoint: str | None = None
         self._waiting = ObservationBuffer(self.learner, time.monotonic)
+        self._schedule = SnapshotSchedule()
+        self._incarnation = uuid.uuid4().hex
 
     def info(self) -> dict:
         self._learn_waiting()
@@ -54,9 +81,25 @@ class LearnerActor:
         self._learnt(self._waiting.flush_if_stale())
         return self.learner.predict(tasks)
 
-    def observe(self, tasks: list[Task], measured_runtime_s: list[float]) -> None:
-        """Completions, learnt in mini-batches (:class:`ObservationBuffer`)."""
+    def observe(self, tasks: list[Task], measured_runtime_s: list[float]
+                ) -> ModelUpdate | None:
+        """Completions, learnt in mini-batches (:class:`ObservationBuffer`); returns a new
+        snapshot when one is due (:class:`SnapshotSchedule`), else None."""
         self._learnt(self._waiting.add(tasks, measured_runtime_s))
+        self._learnt(self._waiting.flush_if_stale())
+        if self._schedule.due(self.learner.n_observed_):
+            return self.snapshot()
+        return None
+
+    def snapshot(self) -> ModelUpdate:
+        """Publish a snapshot of the model as it is now (what has been received is learnt
+        first)."""
+        self._learn_waiting()
+        with self.learner.predict_only():
+            model = ray.put(self.learner)
+        version = self._schedule.published(self.learner.n_observed_)
+        return ModelUpdate(version, self._incarnation, self.learner.n_observed_, model,
+                           self.recent_error())
 
     def _learn_waiting(self) -> None:
         self._learnt(self._waiting.flush())

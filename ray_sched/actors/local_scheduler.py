@@ -33,7 +33,7 @@ from ray_sched.monitor.cpu import process_cpu_s
 from ray_sched.policies import ORDERINGS
 from ray_sched.policies.learned import REFRESH_EVERY_S, REFRESH_MAX_TASKS
 from ray_sched.policies.local import LocalCore
-from ray_sched.task import Completion, Task, without_payload
+from ray_sched.task import Completion, Task
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,11 @@ log = logging.getLogger(__name__)
 CONCURRENCY_SAMPLE_S = 0.5
 #: A batch of completions the global scheduler did not take is sent again after this long.
 RESEND_AFTER_S = 0.5
+#: Completions go to the global scheduler at most this often, together: each call costs
+#: both actors a few hundred microseconds of CPU whatever it carries, and a finished task's
+#: slot is refilled here at once whatever this says (only the release of its children,
+#: decided globally, waits this long at most).
+COMPLETIONS_EVERY_S = 0.02
 
 
 @ray.remote(num_cpus=0)
@@ -49,7 +54,8 @@ class LocalScheduler:
                  learner=None, stages: dict | None = None, inline: bool = True,
                  controls: dict | None = None):
         self.name = name
-        self._learner = learner  # re-predicts queued tasks for orderings that use predictions
+        self._learner = learner  # its snapshots re-predict queued tasks (set_model)
+        self._model = None
         self._refresher: asyncio.Task | None = None
         self.node_id = node_id
         self.core = LocalCore(name, slots, ORDERINGS[ordering]())
@@ -58,6 +64,8 @@ class LocalScheduler:
         self._launchers: dict[tuple[str, float], object] = {}
         self._outbox: list[Completion] = []
         self._flush_pending = False
+        self._send_pending = False
+        self._sent_at = 0.0  # time.monotonic() of the last completions sent
         # Completions sent and not yet acknowledged by the global scheduler: resent until
         # they are (it may be restarting); it records each task once whatever it receives.
         self._unacked: dict[int, list[Completion]] = {}
@@ -126,20 +134,22 @@ class LocalScheduler:
                 and hasattr(self.core.queue, "refresh")):
             self._refresher = asyncio.ensure_future(self._refresh_loop())
 
+    async def set_model(self, model) -> None:
+        """The learner's latest snapshot (a :class:`ray_sched.learner.Learner`), which the
+        queue is re-predicted with."""
+        self._model = model
+
     async def _refresh_loop(self) -> None:
-        """Every REFRESH_EVERY_S, re-predict the tasks still waiting: the learner has seen
-        more completions since they were queued (benchmarks/README.md has its effect)."""
+        """Every REFRESH_EVERY_S, re-predict the tasks still waiting with the learner's
+        latest snapshot, here: the learner has seen more completions since they were queued
+        (benchmarks/README.md has its effect)."""
         while True:
             await asyncio.sleep(REFRESH_EVERY_S)
             queue = self.core.queue
-            if len(queue) < 2:
+            if len(queue) < 2 or self._model is None:
                 continue
-            waiting = [without_payload(t) for t in queue.head(REFRESH_MAX_TASKS)]
-            try:
-                predictions = await asyncio.wait_for(self._learner.predict.remote(waiting),
-                                                     timeout=REFRESH_EVERY_S * 4)
-            except Exception:  # noqa: BLE001 - keep the predictions the tasks came with
-                continue
+            waiting = list(queue.head(REFRESH_MAX_TASKS))
+            predictions = self._model.predict(waiting)
             queue.refresh([t.task_id for t in waiting], predictions.p50_s,
                           predictions.p90_s, predictions.mean_s)
 
@@ -153,6 +163,7 @@ class LocalScheduler:
     def _snapshot(self) -> dict:
         state = vars_of(self.core.snapshot())
         state["admitting"] = self._concurrency is None or self._concurrency.admitting
+        state["sent_wall"] = time.time()
         return state
 
     async def held(self) -> list[str]:
@@ -308,8 +319,20 @@ class LocalScheduler:
     def _flush(self) -> None:
         self._flush_pending = False
         self._dispatch()
+        if not self._outbox or self._send_pending:
+            return
+        wait = self._sent_at + COMPLETIONS_EVERY_S - time.monotonic()
+        if wait <= 0:
+            self._send_outbox()
+        else:
+            self._send_pending = True
+            asyncio.get_running_loop().call_later(wait, self._send_outbox)
+
+    def _send_outbox(self) -> None:
+        self._send_pending = False
         batch, self._outbox = self._outbox, []
         if batch:
+            self._sent_at = time.monotonic()
             self._send(batch)
 
     def _send(self, batch: list[Completion]) -> None:

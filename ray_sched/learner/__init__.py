@@ -6,11 +6,12 @@ from ray_sched.learner.learner import (
     FallbackPredictor,
     Learner,
     Predictions,
+    SnapshotSchedule,
     describe_checkpoint,
     latest_checkpoint,
 )
 from ray_sched.learner.models import NotFittedError, PriorityModel, RuntimeModel
 
 __all__ = ["CheckpointError", "FallbackPredictor", "FeatureEncoder", "Learner",
-           "NotFittedError", "Predictions", "PriorityModel", "RuntimeModel",
+           "NotFittedError", "Predictions", "PriorityModel", "RuntimeModel", "SnapshotSchedule",
            "describe_checkpoint", "latest_checkpoint"]

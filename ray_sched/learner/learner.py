@@ -4,10 +4,13 @@ with safe checkpoints (numpy arrays without pickle + JSON metadata with a schema
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import pickle
 import time
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +24,7 @@ from ray_sched.learner.models import (
     KeyedAverage,
     OnlineRegressor,
     PriorityModel,
+    RefitWindow,
     RuntimeModel,
 )
 from ray_sched.task import Task
@@ -115,6 +119,27 @@ class Learner:
         runtime = self.runtime.predict(tasks)
         return Predictions(runtime.p50_s, runtime.p90_s, runtime.mean_s,
                            self.priority.predict(tasks))
+
+    def snapshot(self) -> Learner:
+        """A copy that predicts exactly as this learner does now, without what only
+        learning needs (the refit window of recent tasks): what the schedulers predict with
+        locally while learning stays here. It shares nothing with this learner, so it
+        never changes when this one learns."""
+        with self.predict_only():
+            return pickle.loads(pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL))
+
+    @contextlib.contextmanager
+    def predict_only(self) -> Iterator[Learner]:
+        """Within the block this learner holds only what predicting needs (its refit window
+        set aside), so that serialising it (``ray.put``) ships a snapshot without a copy
+        first. It must not learn within the block."""
+        window = self.runtime.refit_
+        self.runtime.refit_ = RefitWindow(window=window.window, ridge=window.ridge,
+                                          steps=window.steps)
+        try:
+            yield self
+        finally:
+            self.runtime.refit_ = window
 
     def observe(self, tasks: list[Task], measured_runtime_s) -> None:
         """Learn from completed tasks and their *measured* runtimes (seconds)."""
@@ -306,3 +331,56 @@ class ObservationBuffer:
         self._tasks, self._runtimes = [], []
         self.learner.observe(tasks, np.asarray(runtimes, dtype=np.float64))
         return len(tasks)
+
+
+class SnapshotSchedule:
+    """When the learner publishes a new snapshot of itself to the schedulers.
+
+    Young models change most and steer the first bursts, so a snapshot follows every
+    ``min_tasks`` new observations at first; later only once the model has seen
+    ``growth`` more tasks than at the last snapshot (publishing, shipping and loading a
+    snapshot cost a few milliseconds each, so their number grows with the log of the
+    tasks seen), or when ``max_age_s`` has passed with anything new (drift is followed
+    within that time). Never twice within ``min_gap_s``.
+
+    Args:
+        min_tasks: new observations that always make a snapshot due (>= 1).
+        growth: share of the tasks seen that makes one due (> 0).
+        max_age_s: seconds after which any new observation makes one due (> 0).
+        min_gap_s: seconds between two snapshots at least (>= 0).
+        clock: monotonic seconds (replaceable in tests).
+    """
+
+    def __init__(self, *, min_tasks: int = 16, growth: float = 0.25, max_age_s: float = 5.0,
+                 min_gap_s: float = 0.2, clock=time.monotonic):
+        for name, value, low in (("min_tasks", min_tasks, 1), ("growth", growth, 1e-9),
+                                 ("max_age_s", max_age_s, 1e-9), ("min_gap_s", min_gap_s, 0)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low:
+                raise ConfigError(f"{name} must be a number >= {low:g}, got {value!r}")
+        self.min_tasks = int(min_tasks)
+        self.growth = float(growth)
+        self.max_age_s = float(max_age_s)
+        self.min_gap_s = float(min_gap_s)
+        self.clock = clock
+        self.published_at_ = -math.inf
+        self.published_n_ = 0
+        self.version_ = 0
+
+    def due(self, n_observed: int) -> bool:
+        """Whether a learner that has seen ``n_observed`` tasks should publish now."""
+        new = n_observed - self.published_n_
+        if new <= 0:
+            return False
+        age = self.clock() - self.published_at_
+        if age < self.min_gap_s:
+            return False
+        return (new >= max(self.min_tasks, self.growth * self.published_n_)
+                or age >= self.max_age_s)
+
+    def published(self, n_observed: int) -> int:
+        """Record a snapshot of a learner that had seen ``n_observed`` tasks; returns its
+        version (1, 2, ...)."""
+        self.published_at_ = self.clock()
+        self.published_n_ = n_observed
+        self.version_ += 1
+        return self.version_

@@ -122,6 +122,17 @@ def _sgd(eta0: float, loss: str) -> SGDRegressor:
                         shuffle=False)
 
 
+@dataclass
+class _Linear:
+    """The learned state of an SGD regressor without scikit-learn: what a pickled
+    :class:`OnlineRegressor` carries, so that the processes that only predict with a
+    snapshot (the schedulers) never import scikit-learn."""
+
+    coef_: np.ndarray
+    intercept_: np.ndarray
+    t_: float
+
+
 class OnlineRegressor:
     """A linear model trained by ``partial_fit`` on mini-batches (scikit-learn SGD).
 
@@ -147,6 +158,8 @@ class OnlineRegressor:
     def observe(self, matrix, targets: np.ndarray, *, learning_rate: float | None = None) -> None:
         if self._sgd is None:
             self._sgd = _sgd(self.learning_rate, self.loss)
+        elif isinstance(self._sgd, _Linear):
+            self._sgd = self._thawed(self._sgd)
         self._sgd.eta0 = learning_rate or self.learning_rate
         self._sgd.partial_fit(matrix, targets)
         self.n_seen_ += len(targets)
@@ -180,14 +193,30 @@ class OnlineRegressor:
     def from_state(cls, meta: dict, arrays: dict, *, learning_rate: float) -> OnlineRegressor:
         model = cls(learning_rate=learning_rate, loss=meta.get("loss", "huber"))
         if meta.get("fitted"):
-            sgd = _sgd(learning_rate, model.loss)
-            sgd.coef_ = np.asarray(arrays["coef"], dtype=np.float64)
-            sgd.intercept_ = np.asarray(arrays["intercept"], dtype=np.float64)
-            sgd.t_ = float(meta["t"])
-            sgd.n_features_in_ = sgd.coef_.shape[0]
-            model._sgd = sgd
+            model._sgd = model._thawed(_Linear(
+                np.asarray(arrays["coef"], dtype=np.float64),
+                np.asarray(arrays["intercept"], dtype=np.float64), float(meta["t"])))
             model.n_seen_ = int(meta["n_seen"])
         return model
+
+    def _thawed(self, linear: _Linear) -> SGDRegressor:
+        """An SGD regressor that goes on learning from ``linear``."""
+        sgd = _sgd(self.learning_rate, self.loss)
+        sgd.coef_ = np.array(linear.coef_, dtype=np.float64)
+        sgd.intercept_ = np.array(linear.intercept_, dtype=np.float64)
+        sgd.t_ = float(linear.t_)
+        sgd.n_features_in_ = sgd.coef_.shape[0]
+        return sgd
+
+    def __getstate__(self) -> dict:
+        # Pickled (a snapshot shipped to the schedulers, a Ray argument) as arrays: the
+        # receiver predicts without importing scikit-learn, and learns again (thawed) only
+        # if it observes.
+        state = self.__dict__.copy()
+        sgd = state["_sgd"]
+        if sgd is not None and not isinstance(sgd, _Linear):
+            state["_sgd"] = _Linear(sgd.coef_, sgd.intercept_, float(sgd.t_))
+        return state
 
 
 class KeyedAverage:
