@@ -70,13 +70,14 @@ def check_work(work: str) -> None:
 def make_engine(policy: str, slots: int, *, address: str | None = None,
                 local_schedulers: int | None = None, regions: list[str] | None = None,
                 seed: int | None = 0, model_options: dict | None = None,
-                monitor_options: dict | None = None) -> Engine:
+                monitor_options: dict | None = None, work: str = "sleep") -> Engine:
     """The engine for a policy name: ours (a Scheduler), ``ray-default`` or ``dask``.
     ``monitor_options`` (ours only): ``monitor``, ``alerts``, ``monitor_dir``,
-    ``otlp_endpoint``, ``inline`` of :class:`ray_sched.Scheduler`."""
+    ``otlp_endpoint``, ``inline`` of :class:`ray_sched.Scheduler`. ``work``: the tasks'
+    synthetic work (Dask runs ``cpu`` work in worker processes, as its users would)."""
     if policy == "dask":
         from ray_sched.baselines.dask_engine import DaskEngine
-        return DaskEngine(slots)
+        return DaskEngine(slots, processes=work == "cpu")
     from ray_sched.actors.runtime import ensure_ray
     if policy == "ray-default":
         from ray_sched.baselines.ray_default import RayDefaultEngine
@@ -265,7 +266,7 @@ def replay(trace, *, policy: str, slots: int, out: str | Path | None = None,
     if own_engine:
         engine = make_engine(policy, slots, address=address, local_schedulers=local_schedulers,
                              regions=regions if local_schedulers else None, seed=seed,
-                             model_options=model_options,
+                             model_options=model_options, work=work,
                              monitor_options={"monitor": monitor, "alerts": alerts,
                                               "monitor_dir": out,
                                               "otlp_endpoint": otlp_endpoint,

@@ -71,6 +71,15 @@ def test_compare_refuses_an_unknown_policy_before_running_anything(tmp_path, cap
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.unit
+def test_an_unknown_work_kind_is_refused_by_argparse(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["replay", "t.csv", "--policy", "fifo", "--slots", "2", "--out", str(tmp_path),
+              "--work", "gpu"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'gpu'" in capsys.readouterr().err
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 def test_replay_command_writes_the_contract_files_and_exits_0(tmp_path):
@@ -78,12 +87,15 @@ def test_replay_command_writes_the_contract_files_and_exits_0(tmp_path):
     small_trace(60).to_parquet(trace)
     out = tmp_path / "out"
     done = run_cli("replay", str(trace), "--policy", "edf", "--slots", "4", "--out", str(out),
-                   "--csv", "--time-scale", "0.5")
+                   "--csv", "--time-scale", "0.5", "--work", "cpu")
     assert done.returncode == 0, done.stderr
     line = json.loads(done.stdout.splitlines()[0])
     assert line["n_ok"] == line["n_tasks"] == 60
     results, summary = read_results(out)
     assert len(results) == 60 and summary["policy"] == "edf"
+    assert summary["actors_cpu_s_per_1k"] > 0 and summary["driver_cpu_s_per_1k"] > 0
+    assert summary["control_cpu_s_per_1k"] == pytest.approx(
+        summary["actors_cpu_s_per_1k"] + summary["driver_cpu_s_per_1k"])
     assert (out / "tasks.csv").exists()
     assert "replay edf: 60/60 done" in done.stderr  # plain progress lines off a terminal
 

@@ -212,6 +212,17 @@ def test_a_snapshot_follows_new_work_within_max_age_and_never_within_min_gap():
     assert schedule.due(5000)
 
 
+def test_a_new_kind_makes_a_snapshot_due_at_once():
+    clock = FakeClock()
+    schedule = SnapshotSchedule(min_tasks=16, growth=0.25, max_age_s=5.0, min_gap_s=0.2,
+                                clock=clock)
+    schedule.published(1000)
+    clock.now += 0.01  # well within min_gap_s, and 1 new task of 1,000
+    assert not schedule.due(1001)
+    assert schedule.due(1001, novel=True)
+    assert not schedule.due(1000, novel=True)  # nothing learnt since: nothing to publish
+
+
 @pytest.mark.parametrize("options", [{"min_tasks": 0}, {"growth": 0}, {"max_age_s": -1},
                                      {"min_gap_s": -0.1}, {"min_tasks": "16"},
                                      {"growth": True}])
@@ -290,3 +301,27 @@ def test_a_pickled_regressor_learns_on_from_where_it_was():
         copy.observe(matrix[start:start + 20], targets[start:start + 20])
     np.testing.assert_allclose(copy.predict(matrix), model.predict(matrix), rtol=1e-9)
     assert copy.n_seen_ == model.n_seen_ == 400
+
+
+# --- the Dask baseline with CPU-bound work ------------------------------------------------
+
+def test_dask_runs_cpu_work_in_one_single_threaded_process_per_slot():
+    from ray_sched.baselines.dask_engine import DaskEngine
+    from ray_sched.task import Task
+
+    engine = DaskEngine(2, processes=True)
+    try:
+        workers = engine.client.scheduler_info()["workers"].values()
+        assert [w["nthreads"] for w in workers] == [1, 1]
+        assert len({w["id"] for w in workers}) == 2
+        tasks = [Task(task_id=f"t{i}", arrival_s=0.0, runtime_s=0.02, cpu=2.0 if i == 0 else 1.0,
+                      work="cpu") for i in range(4)]
+        engine.submit(tasks)
+        done, deadline = {}, time.monotonic() + 60
+        while len(done) < 4 and time.monotonic() < deadline:
+            done.update((c.task_id, c) for c in engine.poll(0.5))
+        # The 2-slot task too: one process is as wide as a task can be.
+        assert sorted(done) == ["t0", "t1", "t2", "t3"]
+        assert all(c.status == "ok" and c.finish_wall >= c.start_wall for c in done.values())
+    finally:
+        engine.close()

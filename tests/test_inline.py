@@ -4,6 +4,8 @@ they are tiny, values and exceptions come back the same, and --no-inline turns i
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from ray_sched.control.inline import MAX_INLINE_P90_S, InlineDecider
@@ -114,6 +116,12 @@ def test_a_task_tree_mixes_a_remote_parent_with_inline_children(ray_local):
         warm = ([scheduler.submit(nap, 0.001, kind="tiny") for _ in range(60)]
                 + [scheduler.submit(nap, 0.2, kind="parent") for _ in range(4)])
         [f.result(timeout=60) for f in warm]
+        # Predictions come from the learner's latest snapshot: wait for one that has learnt
+        # both kinds (a new kind makes one due at once).
+        deadline = time.monotonic() + 60
+        while (scheduler.stats()["model"] or {}).get("n_observed", 0) < len(warm):
+            assert time.monotonic() < deadline, scheduler.stats()["model"]
+            time.sleep(0.05)
         before = next(iter(scheduler.inline_stats().values()))
         parent = scheduler.submit(nap, 0.2, kind="parent")
         children = [scheduler.submit(nap, 0.001, kind="tiny", after=[parent])

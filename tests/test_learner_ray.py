@@ -43,6 +43,10 @@ def test_a_new_scheduler_starts_from_the_latest_checkpoint_unless_fresh(ray_loca
     with Scheduler(policy="ml", slots=RAY_SLOTS, model_dir=str(models), warmup=False) as again:
         again.submit(sleep_for, 0.01, kind="nap").result(timeout=60)
     assert again.learner_info["loaded_from"] == str(first)
+    # Our actors ask for a raised priority: applied, or refused with the reason.
+    priority = again.learner_info["priority"]
+    assert ((priority["applied"] and priority["nice"] == -10)
+            or "not permitted" in priority["reason"]), priority
     with Scheduler(policy="ml", slots=RAY_SLOTS, model_dir=str(models), fresh=True,
                    warmup=False) as fresh:
         fresh.submit(sleep_for, 0.01).result(timeout=60)
@@ -112,3 +116,17 @@ def test_the_learner_actor_publishes_snapshots_that_predict_as_it_does(ray_local
         assert list(ours.p50_s) == pytest.approx(list(theirs.p50_s))
     finally:
         ray.kill(actor)
+
+
+def test_the_snapshot_in_use_catches_up_with_every_completion_after_a_lull(ray_local):
+    with Scheduler(policy="ml", slots=RAY_SLOTS, model_dir=None, fresh=True,
+                   warmup=False) as scheduler:
+        futures = [scheduler.submit(sleep_for, 0.005, kind="nap") for _ in range(70)]
+        assert [f.result(timeout=60) for f in futures] == [0.005] * 70
+        # Nothing arrives after these: the last completions reach the snapshot in use
+        # anyway (within CATCH_UP_AFTER_S), not only when more work comes.
+        deadline = time.monotonic() + 60
+        while (scheduler.stats()["model"] or {}).get("n_observed", 0) < 70:
+            assert time.monotonic() < deadline, scheduler.stats()["model"]
+            time.sleep(0.1)
+        assert scheduler.stats()["model"]["n_observed"] == 70

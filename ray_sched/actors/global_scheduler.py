@@ -43,6 +43,10 @@ OBSERVE_EVERY_S = 0.25
 #: Until the learner has been sent this many completions, each batch goes at once: early
 #: predictions steer the first bursts most.
 OBSERVE_AT_ONCE_UNTIL = 256
+#: Completions the learner has and the snapshot in use has not seen (the last ones before
+#: a lull, which no later completion will bring) are fetched in a snapshot this long after
+#: they were sent.
+CATCH_UP_AFTER_S = 5.0
 #: The monitor's sampling period: local scheduler snapshots, learner error, lost actors.
 MONITOR_EVERY_S = 1.0
 #: A local scheduler's snapshot that takes longer is skipped for that second.
@@ -95,7 +99,9 @@ class GlobalScheduler:
         self.learner_error: float | None = None
         self._to_learn: tuple[list[Task], list[float]] = ([], [])
         self._learn_pending = False
+        self._catch_up: asyncio.TimerHandle | None = None
         self.n_sent_to_learner = 0
+        self._model_covers = 0  # of the completions sent, how many the snapshot in use has
         self.plan = [dict(entry) for entry in plan]
         self._local_args = (ordering, me, self.learner, stages, self.controls.as_dict())
         # Local schedulers whose queues re-predict their tasks get every new snapshot.
@@ -205,7 +211,7 @@ class GlobalScheduler:
         except Exception as error:  # noqa: BLE001 - the fallback keeps scheduling going
             log.warning("no snapshot of the learner (%s); heuristic fallback in use", error)
 
-    async def _take_update(self, update) -> None:
+    async def _take_update(self, update, covers: int = 0) -> None:
         """A new snapshot of the learner: predict with it here, and hand it to every local
         scheduler (they re-predict their queues with it)."""
         if update is None:
@@ -217,6 +223,7 @@ class GlobalScheduler:
             return  # an older snapshot than the one in use, answered late
         self.model = await update.model
         self._model_key = key
+        self._model_covers = max(self._model_covers, covers)
         if self._locals_refresh:
             for local in self.locals:
                 local.set_model.remote(update.model)
@@ -243,13 +250,29 @@ class GlobalScheduler:
             return
         self.fallback.observe(tasks, measured)
         self.n_sent_to_learner += len(tasks)
-        self._track(self._await_update(self.learner.observe.remote(tasks, measured)))
+        self._track(self._await_update(self.learner.observe.remote(tasks, measured),
+                                       self.n_sent_to_learner))
 
-    async def _await_update(self, answer) -> None:
+    async def _await_update(self, answer, covers: int) -> None:
         try:
-            await self._take_update(await answer)
+            await self._take_update(await answer, covers)
         except Exception as error:  # noqa: BLE001 - a dead or restarting learner: predictions go on
             log.debug("learner observe failed: %s", error)
+        if self._catch_up is None:
+            self._catch_up = asyncio.get_running_loop().call_later(
+                CATCH_UP_AFTER_S, lambda: self._track(self._catch_up_model()))
+
+    async def _catch_up_model(self) -> None:
+        """A snapshot of the learner if the one in use lacks completions sent to it."""
+        self._catch_up = None
+        covers = self.n_sent_to_learner
+        if self._model_covers >= covers:
+            return
+        try:
+            await self._take_update(await asyncio.wait_for(self.learner.snapshot.remote(),
+                                                           SNAPSHOT_START_TIMEOUT_S), covers)
+        except Exception as error:  # noqa: BLE001 - a dead or restarting learner: next time
+            log.debug("learner snapshot failed: %s", error)
 
     def _track(self, coroutine) -> None:
         task = asyncio.ensure_future(coroutine)
@@ -359,6 +382,10 @@ class GlobalScheduler:
         running = sum(s.get("running", 0) for s in self.snapshots.values())
         return {"outstanding": self.core.outstanding(), "recorded": self.n_recorded,
                 "running": running,
+                # The learner's snapshot predictions are made with: its version and the
+                # completions it had learnt from (None before the first).
+                "model": None if self.model is None else {
+                    "version": self._model_key[1], "n_observed": self.model.n_observed_},
                 "locals": {name: dict(s) for name, s in self.snapshots.items()},
                 "loads": [{"name": w.name, "outstanding_tasks": w.outstanding_tasks,
                            "outstanding_cpu": w.outstanding_cpu, "slots": w.slots,
@@ -429,6 +456,8 @@ class GlobalScheduler:
             self._control_task.cancel()
             self._control_task = None
         self._closing = True
+        if self._catch_up is not None:
+            self._catch_up.cancel()
         for local in self.locals:
             ray.kill(local)
         if self.monitor is not None:

@@ -71,6 +71,10 @@ class LearnerActor:
         self._waiting = ObservationBuffer(self.learner, time.monotonic)
         self._schedule = SnapshotSchedule()
         self._incarnation = uuid.uuid4().hex
+        # Kinds observed, and those the latest snapshot had observed: a new kind makes a
+        # snapshot due at once (the schedulers predict it from the prior until then).
+        self._kinds: set[str] = set()
+        self._kinds_published: set[str] = set()
 
     def info(self) -> dict:
         self._learn_waiting()
@@ -85,9 +89,11 @@ class LearnerActor:
                 ) -> ModelUpdate | None:
         """Completions, learnt in mini-batches (:class:`ObservationBuffer`); returns a new
         snapshot when one is due (:class:`SnapshotSchedule`), else None."""
+        self._kinds.update(task.kind for task in tasks)
         self._learnt(self._waiting.add(tasks, measured_runtime_s))
         self._learnt(self._waiting.flush_if_stale())
-        if self._schedule.due(self.learner.n_observed_):
+        novel = len(self._kinds) > len(self._kinds_published)
+        if self._schedule.due(self.learner.n_observed_ + len(self._waiting), novel=novel):
             return self.snapshot()
         return None
 
@@ -95,6 +101,7 @@ class LearnerActor:
         """Publish a snapshot of the model as it is now (what has been received is learnt
         first)."""
         self._learn_waiting()
+        self._kinds_published = set(self._kinds)
         with self.learner.predict_only():
             model = ray.put(self.learner)
         version = self._schedule.published(self.learner.n_observed_)

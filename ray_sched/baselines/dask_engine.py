@@ -5,9 +5,13 @@ priority is passed through (higher runs first in Dask, as in ours); parents are
 passed as arguments so Dask releases children when their parents finish; a task's
 ``cpu`` becomes a ``slot`` resource so wide tasks take as many slots as with us.
 
-The worker runs in-process by default (threads, ``processes=False``): the work is
-sleep-based and releases the GIL, and a spawned worker process would need every
-calling script and notebook to guard ``if __name__ == "__main__"``.
+For sleeping work the worker runs in-process (threads, ``processes=False``): sleeping
+releases the GIL. For CPU-bound work (``processes=True``, what ``--work cpu`` uses) one
+single-threaded worker process per slot, as Dask's users run CPU-bound Python: threads
+would share one GIL and one core. A task then takes one slot whatever its ``cpu`` (a
+task cannot span worker processes). Dask starts those processes with ``spawn``: a script
+that runs this baseline with CPU work needs the ``if __name__ == "__main__":`` guard
+(the command line and notebooks do not).
 """
 
 from __future__ import annotations
@@ -40,9 +44,12 @@ class DaskEngine:
             raise ConfigError("the dask baseline needs dask[distributed]: "
                               "pip install 'ray_sched[dev]'") from error
         self.slots = slots
-        self.cluster = LocalCluster(n_workers=1, threads_per_worker=slots, processes=processes,
-                                    resources={"slot": slots}, dashboard_address=":0",
-                                    silence_logs=logging.ERROR)
+        self._slots_per_worker = 1 if processes else slots
+        self.cluster = LocalCluster(n_workers=slots // self._slots_per_worker,
+                                    threads_per_worker=self._slots_per_worker,
+                                    processes=processes,
+                                    resources={"slot": self._slots_per_worker},
+                                    dashboard_address=":0", silence_logs=logging.ERROR)
         self.client = Client(self.cluster)
         self._futures: dict[str, object] = {}
         self._held: list[Task] = []
@@ -69,7 +76,8 @@ class DaskEngine:
         parents = [self._futures[p] for p in task.parents]
         future = self.client.submit(
             synthetic_work, task.runtime_s, *parents, work=task.work, key=dask_key(task),
-            priority=task.priority, resources={"slot": min(task.cpu, self.slots)}, pure=False)
+            priority=task.priority, resources={"slot": min(task.cpu, self._slots_per_worker)},
+            pure=False)
         task.attempts = 1
         self._futures[task.task_id] = future
         future.add_done_callback(lambda f, t=task: self._done(t, f))

@@ -341,7 +341,9 @@ class SnapshotSchedule:
     ``growth`` more tasks than at the last snapshot (publishing, shipping and loading a
     snapshot cost a few milliseconds each, so their number grows with the log of the
     tasks seen), or when ``max_age_s`` has passed with anything new (drift is followed
-    within that time). Never twice within ``min_gap_s``.
+    within that time). Never twice within ``min_gap_s``, except for a novelty: the first
+    observations of a kind the last snapshot had not seen (it predicts that kind from the
+    prior until then, and kinds are few).
 
     Args:
         min_tasks: new observations that always make a snapshot due (>= 1).
@@ -366,11 +368,14 @@ class SnapshotSchedule:
         self.published_n_ = 0
         self.version_ = 0
 
-    def due(self, n_observed: int) -> bool:
-        """Whether a learner that has seen ``n_observed`` tasks should publish now."""
+    def due(self, n_observed: int, *, novel: bool = False) -> bool:
+        """Whether a learner that has seen ``n_observed`` tasks should publish now;
+        ``novel``: it has seen something the last snapshot had not (a new kind)."""
         new = n_observed - self.published_n_
         if new <= 0:
             return False
+        if novel:
+            return True
         age = self.clock() - self.published_at_
         if age < self.min_gap_s:
             return False
