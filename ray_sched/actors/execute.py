@@ -6,6 +6,7 @@ ran it, so that every engine (ours, ray-default, dask) is timed the same way.
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 import time
 import traceback
@@ -107,10 +108,20 @@ run_user_call = ray.remote(num_returns=2, max_retries=SYSTEM_RETRIES)(user_call)
 WARMUP_TASK_S = 0.3
 
 
+def _warm_refs(n: int, options: dict | None) -> list:
+    return [run_synthetic.options(**(options or {})).remote(WARMUP_TASK_S) for _ in range(n)]
+
+
 def warm_workers(n: int, options: dict | None = None, timeout_s: float = 120.0) -> None:
     """Start ``n`` worker processes (and import this module in them) before timing starts."""
-    refs = [run_synthetic.options(**(options or {})).remote(WARMUP_TASK_S) for _ in range(n)]
-    ray.get(refs, timeout=timeout_s)
+    ray.get(_warm_refs(n, options), timeout=timeout_s)
+
+
+async def warm_workers_async(n: int, options: dict | None = None,
+                             timeout_s: float = 120.0) -> None:
+    """:func:`warm_workers` for an async actor: awaited on its event loop (a blocking
+    ``ray.get`` there, even from an executor thread, makes Ray warn on every start)."""
+    await asyncio.wait_for(asyncio.gather(*_warm_refs(n, options)), timeout_s)
 
 
 @ray.remote(num_cpus=0, max_retries=0)

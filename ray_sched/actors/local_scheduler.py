@@ -23,7 +23,7 @@ from ray_sched.actors.execute import (
     run_inline,
     run_synthetic,
     run_user_call,
-    warm_workers,
+    warm_workers_async,
 )
 from ray_sched.control import Controls
 from ray_sched.control.concurrency import ConcurrencyController, node_load
@@ -116,9 +116,7 @@ class LocalScheduler:
     async def warmup(self) -> None:
         """Start this node's workers for every slot (and every stage's actors) before any
         timing starts."""
-        await asyncio.get_running_loop().run_in_executor(
-            None, warm_workers, int(self.core.slots),
-            {"scheduling_strategy": self._strategy})
+        await warm_workers_async(int(self.core.slots), {"scheduling_strategy": self._strategy})
         for stage in self._stage_factories:
             await asyncio.gather(*(actor.ping.remote() for actor in self._stage_pool(stage)))
 
@@ -189,9 +187,8 @@ class LocalScheduler:
         want = int(math.ceil(min(busy_slots, self._concurrency.max_slots)))
         if want > self._warm and self._warming is None:
             extra, self._warm = want - self._warm, want
-            self._warming = asyncio.get_running_loop().run_in_executor(
-                None, warm_workers, extra,
-                {"scheduling_strategy": self._strategy, "num_cpus": 0})
+            self._warming = asyncio.ensure_future(warm_workers_async(
+                extra, {"scheduling_strategy": self._strategy, "num_cpus": 0}))
             self._warming.add_done_callback(self._warmed)
 
     def _warmed(self, future) -> None:
