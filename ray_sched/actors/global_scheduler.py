@@ -205,11 +205,17 @@ class GlobalScheduler:
     async def _first_snapshot(self) -> None:
         """Ask the learner for a snapshot now (at start, after a restart of this actor);
         the fallback predicts until one arrives."""
+        await self._fetch_snapshot(0, "no snapshot of the learner (%s); heuristic fallback "
+                                      "in use", logging.WARNING)
+
+    async def _fetch_snapshot(self, covers: int, message: str, level: int) -> None:
+        """Ask the learner for a snapshot of itself as it is now and take it; a learner
+        that cannot answer (dead, restarting) is logged at ``level`` and left alone."""
         try:
             await self._take_update(await asyncio.wait_for(self.learner.snapshot.remote(),
-                                                           SNAPSHOT_START_TIMEOUT_S))
-        except Exception as error:  # noqa: BLE001 - the fallback keeps scheduling going
-            log.warning("no snapshot of the learner (%s); heuristic fallback in use", error)
+                                                           SNAPSHOT_START_TIMEOUT_S), covers)
+        except Exception as error:  # noqa: BLE001 - predictions go on with what there is
+            log.log(level, message, error)
 
     async def _take_update(self, update, covers: int = 0) -> None:
         """A new snapshot of the learner: predict with it here, and hand it to every local
@@ -265,14 +271,9 @@ class GlobalScheduler:
     async def _catch_up_model(self) -> None:
         """A snapshot of the learner if the one in use lacks completions sent to it."""
         self._catch_up = None
-        covers = self.n_sent_to_learner
-        if self._model_covers >= covers:
-            return
-        try:
-            await self._take_update(await asyncio.wait_for(self.learner.snapshot.remote(),
-                                                           SNAPSHOT_START_TIMEOUT_S), covers)
-        except Exception as error:  # noqa: BLE001 - a dead or restarting learner: next time
-            log.debug("learner snapshot failed: %s", error)
+        if self._model_covers < self.n_sent_to_learner:
+            await self._fetch_snapshot(self.n_sent_to_learner, "learner snapshot failed: %s",
+                                       logging.DEBUG)
 
     def _track(self, coroutine) -> None:
         task = asyncio.ensure_future(coroutine)

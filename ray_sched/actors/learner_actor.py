@@ -91,7 +91,6 @@ class LearnerActor:
         snapshot when one is due (:class:`SnapshotSchedule`), else None."""
         self._kinds.update(task.kind for task in tasks)
         self._learnt(self._waiting.add(tasks, measured_runtime_s))
-        self._learnt(self._waiting.flush_if_stale())
         novel = len(self._kinds) > len(self._kinds_published)
         if self._schedule.due(self.learner.n_observed_ + len(self._waiting), novel=novel):
             return self.snapshot()

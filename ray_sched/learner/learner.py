@@ -27,6 +27,7 @@ from ray_sched.learner.models import (
     RefitWindow,
     RuntimeModel,
 )
+from ray_sched.params import check_range
 from ray_sched.task import Task
 
 #: Version of the checkpoint layout; a checkpoint with another one is refused.
@@ -355,14 +356,13 @@ class SnapshotSchedule:
 
     def __init__(self, *, min_tasks: int = 16, growth: float = 0.25, max_age_s: float = 5.0,
                  min_gap_s: float = 0.2, clock=time.monotonic):
-        for name, value, low in (("min_tasks", min_tasks, 1), ("growth", growth, 1e-9),
-                                 ("max_age_s", max_age_s, 1e-9), ("min_gap_s", min_gap_s, 0)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low:
-                raise ConfigError(f"{name} must be a number >= {low:g}, got {value!r}")
-        self.min_tasks = int(min_tasks)
-        self.growth = float(growth)
-        self.max_age_s = float(max_age_s)
-        self.min_gap_s = float(min_gap_s)
+        try:
+            self.min_tasks = int(check_range("min_tasks", min_tasks, 1))
+            self.growth = check_range("growth", growth, 0, low_open=True)
+            self.max_age_s = check_range("max_age_s", max_age_s, 0, low_open=True)
+            self.min_gap_s = check_range("min_gap_s", min_gap_s, 0)
+        except ValueError as error:
+            raise ConfigError(str(error)) from error
         self.clock = clock
         self.published_at_ = -math.inf
         self.published_n_ = 0
