@@ -178,12 +178,14 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.set_defaults(func=cmd_simulate)
 
     serve = commands.add_parser(
-        "serve", help="receive OTLP over HTTP and gRPC, schedule and process it",
+        "serve", help="receive OTLP over HTTP and gRPC; whole-trace tail sampling to Parquet",
         description="An OTLP/HTTP (/v1/traces, /v1/metrics, /v1/logs; protobuf or JSON; gzip) "
-                    "and OTLP/gRPC receiver. Each request is a task scheduled by the "
-                    "GlobalScheduler and processed on stage actors: span-tree assembly, "
-                    "tail sampling, span metrics; every accepted item lands in Parquet "
-                    "under --export-dir. SIGTERM drains before exit.")
+                    "and OTLP/gRPC receiver. Requests are decoded in micro-batches by "
+                    "processor actors, and every span goes to the processor that owns its "
+                    "trace id, which holds the whole trace for --decision-wait-s, then "
+                    "assembles its span tree, tail-samples it once and writes it: spans/, "
+                    "traces/, metrics/, logs/ and per-window aggregates under --export-dir. "
+                    "SIGTERM drains before exit.")
     serve.add_argument("--export-dir", required=True, help="where the Parquet tables go")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default loopback only)")
@@ -195,32 +197,44 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-grpc", action="store_true", help="no OTLP/gRPC listener")
     serve.add_argument("--address", default=None,
                        help="existing Ray cluster ('auto'); default: embedded Ray")
-    serve.add_argument("--policy", default="ml", help="policy of the processing tasks")
-    serve.add_argument("--slots", type=_positive_int, default=None,
-                       help="processing slots (default: the cluster's CPUs)")
-    serve.add_argument("--local-schedulers", type=_positive_int, default=None)
+    serve.add_argument("--processors", type=_positive_int, default=None,
+                       help="trace processors (default: one per CPU of the cluster, spread "
+                            "over its nodes)")
     serve.add_argument("--auth-token-env", default=None, metavar="VAR",
                        help="require 'Authorization: Bearer <token>', the token read from "
                             "this environment variable")
     serve.add_argument("--max-body-bytes", type=_positive_int, default=None,
                        help="largest request body after decompression (default 16 MiB)")
     serve.add_argument("--max-pending-requests", type=_positive_int, default=None,
-                       help="accepted requests not yet exported before 429 (default 1024)")
+                       help="received requests not yet held by a processor before 429 "
+                            "(default 1024)")
+    serve.add_argument("--memory-limit-mib", type=_positive_int, default=None,
+                       help="503 with Retry-After while the receiver and its processors use "
+                            "more memory than this (default: off; 90%% of the machine's "
+                            "memory always applies)")
+    serve.add_argument("--decision-wait-s", type=float, default=None,
+                       help="how long a trace is held after its first span before it is "
+                            "decided (default 2)")
+    serve.add_argument("--max-traces", type=_positive_int, default=None,
+                       help="traces held per processor; past it the oldest are decided "
+                            "early (default 50000)")
     serve.add_argument("--sample-probability", type=float, default=None,
                        help="share of ordinary traces kept by tail sampling (default 0.1)")
+    serve.add_argument("--rate-limit-per-s", type=float, default=None,
+                       help="slow or probabilistic traces kept per second per root service "
+                            "at most (errors are always kept; default: no limit)")
     serve.add_argument("--max-depth", type=_positive_int, default=None,
-                       help="span-tree depth above which a trace is flagged (default 1000)")
+                       help="span-tree depth above which --on-max-depth applies (default "
+                            "1000)")
+    serve.add_argument("--on-max-depth", choices=("flag", "truncate", "drop"), default=None,
+                       help="a trace deeper than --max-depth: flag it "
+                            "(trace_depth_exceeded; default), truncate it (deeper spans are "
+                            "not written) or drop it; all three are counted in /stats")
     serve.add_argument("--forward", default=None, metavar="URL",
                        help="also send the traces tail sampling kept to this OTLP/HTTP "
                             "traces URL (e.g. http://collector:4318/v1/traces)")
     serve.add_argument("--forward-token-env", default=None, metavar="VAR",
                        help="bearer token for --forward, read from this environment variable")
-    _add_model_options(serve)
-    serve.add_argument("--alerts", default=None, metavar="RULES.toml",
-                       help="alert rules on the processing tasks (EXPORT_DIR/alerts.jsonl)")
-    serve.add_argument("--otlp-endpoint", default=None, metavar="URL",
-                       help="send the scheduler's own metrics and alerts here over OTLP/HTTP "
-                            "(its own --http-port included)")
     serve.set_defaults(func=cmd_serve)
 
     model = commands.add_parser("model", help="inspect learner checkpoints")
@@ -421,15 +435,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     forward_token = token_from("--forward-token-env", args.forward_token_env)
     forward_headers = {"Authorization": f"Bearer {forward_token}"} if forward_token else None
     options = {name: getattr(args, name) for name in (
-        "max_body_bytes", "max_pending_requests", "sample_probability", "max_depth")
+        "max_body_bytes", "max_pending_requests", "memory_limit_mib", "decision_wait_s",
+        "max_traces", "sample_probability", "rate_limit_per_s", "max_depth", "on_max_depth")
         if getattr(args, name) is not None}
-    config = PipelineConfig(export_dir=args.export_dir, policy=args.policy, slots=args.slots,
-                            address=args.address, local_schedulers=args.local_schedulers,
-                            forward_endpoint=args.forward, forward_headers=forward_headers,
-                            **_model_options(args), **_monitor_options(args), **options)
+    config = PipelineConfig(export_dir=args.export_dir, processors=args.processors,
+                            address=args.address, forward_endpoint=args.forward,
+                            forward_headers=forward_headers, **options)
     from ray_sched.actors.runtime import ensure_ray
 
-    ensure_ray(args.slots, args.address)  # in the main thread, where Ray sets its handlers
+    ensure_ray(args.processors, args.address)  # in the main thread, where Ray sets handlers
     try:
         asyncio.run(serve(config, host=args.host,
                           http_port=None if args.no_http else args.http_port,

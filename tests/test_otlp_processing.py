@@ -22,6 +22,7 @@ from ray_sched.otlp.processing import (
     metric_series_partial,
     span_metrics_partial,
 )
+from ray_sched.otlp.traceid import sampling_value_of
 from ray_sched.otlp.schema import (
     ASSEMBLY_FIELDS,
     LOG_FIELDS,
@@ -152,7 +153,7 @@ def test_probabilistic_decisions_are_deterministic_across_instances():
     first = TailSampler(probability=0.3).decide(traces(ids))
     second = TailSampler(probability=0.3).decide(traces(ids[::-1]))
     np.testing.assert_array_equal(first["sampled"], second["sampled"][::-1])
-    expected = [int(tid[-14:], 16) / 2 ** 56 < 0.3 for tid in ids]
+    expected = [sampling_value_of(tid) / 2 ** 56 < 0.3 for tid in ids]
     assert first["sampled"].tolist() == expected
 
 
@@ -241,7 +242,7 @@ def reference_reasons(batches, *, probability, slow_quantile, min_samples, windo
                 decided.append("error")
             elif op in slow_above and duration > slow_above[op]:
                 decided.append("slow")
-            elif int(trace_id[-14:], 16) / 2 ** 56 < probability:
+            elif sampling_value_of(trace_id) / 2 ** 56 < probability:
                 decided.append("probabilistic")
             else:
                 decided.append("dropped")
@@ -313,7 +314,7 @@ def test_stats_count_traces_per_reason():
     sampler.decide(traces(trace_ids(10, seed=16), error=np.arange(10) < 4, spans_per_trace=3))
     assert sampler.stats() == {"traces_seen": 10, "traces_kept": 4,
                                "by_reason": {"error": 4, "slow": 0, "probabilistic": 0,
-                                             "dropped": 6},
+                                             "dropped": 6, "rate_limited": 0},
                                "operations_tracked": 1, "durations_held": 10}
 
 

@@ -1,39 +1,48 @@
-"""The OTLP processing pipeline: decode, assemble, tail-sample, span metrics, export.
+"""The OTLP data plane: processors that receive, decode, partition by trace id and export.
 
 Stages and where they run::
 
-    receiver (HTTP / gRPC, in the serve process)
-      │ admission: bounded pending requests and bytes, memory limit  → 429 / 503
+    K ProcessorActors (one per CPU by default, spread over the nodes), each with its own
+    OTLP/HTTP and OTLP/gRPC listener on the same ports (SO_REUSEPORT: the kernel spreads the
+    clients' connections over them), so that receiving and decoding use every core
+      │ admission: bounded pending requests and bytes, memory limits   → 429 / 503
+      │ requests arriving within ``batch_wait_s`` are decoded together (columnar, in one
+      │ pass)                                                           → 200 / 400 / 413 / 415
+      │ spans split by trace id: each part goes to the processor that owns it, so every
+      │ span of a trace meets the others whichever request, protocol or listener carried
+      │ it; a request is answered once every part is held by its processor
       ▼
-    Decoder actors (a small pool)       decompress + decode + validate → 200 / 400 / 413 / 415
-      │ + span-tree assembly; columns stay in Ray's object store; the client is answered
-      ▼
-    Scheduler task, kind "otlp.<signal>", features from the payload
-      │ GlobalScheduler asks the Learner for its processing time, places it
-      ▼
-    OtlpProcessor (stage actors, one per slot of each LocalScheduler)
-      │ tail sampling → Parquet part files (spans/, metrics/, logs/), forwarding
+    TraceProcessor (in each processor actor)
+      │ whole traces held for decision_wait_s, then span-tree assembly, tail sampling,
+      │ spans/ + traces/ part files, forwarding; metrics/ and logs/ part files
       ▼ running aggregates, shipped every second
     Aggregator actor                    span_metrics/, metric_series/, log_counts/ per window
 
-Everything answered with 200 is tracked until a processor holds its rows;
-:meth:`OtlpPipeline.drain` waits for all of it, then closes the processors and the aggregator
-(each writes what it holds), so that a SIGTERM loses nothing already accepted. A processing
-task that fails for a system reason (a lost worker) is submitted again, up to
-``max_attempts`` times; a processor that dies takes the rows it buffered (at most
-``flush_interval_s`` worth) with it: at-least-once up to that buffer, as a Collector's
-in-memory queue.
+The serve process starts them, prints where they listen and, on SIGTERM, drains them.
+Payloads go from a listener to the processors, never through the GlobalScheduler: the data
+plane does not ride the control plane, and a request costs one hop at most (its spans of
+other partitions to their processors).
+
+Everything answered with 200 is held by a processor; :meth:`OtlpPipeline.drain` closes the
+listeners, lets the requests in flight finish, then closes the processors (each decides
+every waiting trace and writes what it holds) and the aggregator, so that a SIGTERM loses
+nothing already accepted. A request whose spans cannot be handed to their processor is
+answered 503 (the client retries). A processor that dies takes the traces it was holding (at
+most ``decision_wait_s`` and ``flush_interval_s`` worth) with it: at-least-once up to that
+buffer, as a Collector's in-memory tail sampler; it is restarted and finds its peers again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import concurrent.futures
 import dataclasses
-import functools
-import itertools
 import logging
-import threading
+import os
+import sys
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -49,43 +58,45 @@ from ray_sched.errors import (
     PayloadTooLargeError,
     UnsupportedMediaTypeError,
 )
+from ray_sched.otlp.columnar import SPAN_BATCH_SCHEMA, decode_traces, to_batch_table
 from ray_sched.otlp.decode import DEFAULT_MAX_BODY_BYTES, SIGNALS, decode_request, decompress
 from ray_sched.otlp.export import DEFAULT_FLUSH_INTERVAL_S, ParquetSink
 from ray_sched.otlp.forward import Forwarder
-from ray_sched.otlp.processing import (
-    LogCounts,
-    MetricSeries,
-    SpanMetrics,
-    TailSampler,
-    log_counts_partial,
-    metric_series_partial,
-    span_metrics_partial,
+from ray_sched.otlp.processing import SpanMetrics
+from ray_sched.otlp.processor import (
+    DEFAULT_DECIDED_CACHE,
+    DEFAULT_DECISION_WAIT_S,
+    DEFAULT_MAX_TRACES,
+    ON_MAX_DEPTH,
+    TraceProcessor,
+    new_totals,
 )
-from ray_sched.otlp.schema import (
-    ASSEMBLY_FIELDS,
-    LOG_FIELDS,
-    METRIC_POINT_FIELDS,
-    SAMPLING_FIELDS,
-    SPAN_FIELDS,
-    Columns,
-    to_table,
-)
-from ray_sched.otlp.spantree import DEFAULT_MAX_DEPTH, assemble
+from ray_sched.otlp.schema import Columns
+from ray_sched.otlp.spantree import DEFAULT_MAX_DEPTH
+from ray_sched.otlp.traceid import partition_of
 from ray_sched.params import check_range
 
 log = logging.getLogger(__name__)
 
-#: The stage name of the processors inside the Scheduler.
-STAGE = "otlp"
 #: Content types the receiver speaks (parameters such as charset are ignored).
 CONTENT_TYPES = ("application/x-protobuf", "application/json")
+PROTOBUF = "application/x-protobuf"
 #: What a refused request is told to wait before retrying.
 RETRY_AFTER_S = 1.0
-#: Decoded requests are submitted to the scheduler together when they finish decoding
-#: within this long of each other (one call and one prediction for the lot).
-SUBMIT_BATCH_S = 0.002
 #: Memory use is sampled at most this often (psutil costs ~20 µs; requests come faster).
 MEMORY_CHECK_EVERY_S = 0.1
+#: The receiver asks the processors for their counts (and memory) this often.
+STATS_EVERY_S = 0.5
+#: A processor decides due traces and writes due files this often.
+TICK_S = 0.1
+#: The GIL switch interval in processors (Python's default is 5 ms).
+SWITCH_INTERVAL_S = 0.0005
+#: Aggregates go from a processor to the aggregator this often (one small call).
+SHIP_EVERY_S = 1.0
+
+_ERRORS = {cls.__name__: cls for cls in
+           (InvalidPayloadError, PayloadTooLargeError, UnsupportedMediaTypeError)}
+
 
 def _add_counts(counts: list[dict]) -> dict:
     """Sum per-table row counts (each stage reports its own)."""
@@ -96,78 +107,91 @@ def _add_counts(counts: list[dict]) -> dict:
     return total
 
 
-_ERRORS = {cls.__name__: cls for cls in
-           (InvalidPayloadError, PayloadTooLargeError, UnsupportedMediaTypeError)}
-
-
 @dataclasses.dataclass
 class PipelineConfig:
     """Settings of :class:`OtlpPipeline` (the ``ray-sched serve`` flags of the same names).
 
     Args:
-        export_dir: where the Parquet tables go (``spans/``, ``metrics/``, ``logs/``,
-            ``span_metrics/``, ``metric_series/``, ``log_counts/``).
-        policy: the scheduling policy of the processing tasks.
-        slots: processing slots in all (default: the cluster's CPUs).
+        export_dir: where the Parquet tables go (``spans/``, ``traces/``, ``metrics/``,
+            ``logs/``, ``span_metrics/``, ``metric_series/``, ``log_counts/``).
+        processors: processor actors (trace partitions); default one per CPU of the
+            cluster, spread over its nodes.
         address: an existing Ray cluster; default an embedded one.
-        decoders: decoder actors.
         max_body_bytes: largest body accepted, after decompression (413 above).
-        max_pending_requests, max_pending_bytes: accepted but not yet exported; past either
-            a request is refused with 429 and Retry-After (the bounded queue).
+        max_pending_requests, max_pending_bytes: received but not yet held by a processor;
+            past either a request is refused with 429 and Retry-After (the bounded queue).
         memory_limit: share of the machine's memory in use above which requests are refused
             with 503 and Retry-After, before memory runs out.
+        memory_limit_mib: the same for the memory of the receiver and its processors
+            together (resident set, MiB), like the Collector's memory_limiter; None: off.
+        decision_wait_s: how long a trace is held after its first span before it is decided.
+        max_traces: traces held at most per processor; past it the oldest are decided early.
+        decided_cache: decisions remembered per processor, for spans that come late.
         sample_probability: share of the traces neither erroneous nor slow that are kept.
         slow_quantile: a trace slower than this running quantile of its root operation's
-            durations is kept.
-        max_depth: span trees deeper than this are flagged (``trace_depth_exceeded``).
-        flush_interval_s: the longest an accepted row waits before it is in a Parquet file.
+            durations (per service and operation) is kept.
+        rate_limit_per_s: slow or probabilistic traces kept per second per root service at
+            most (errors are always kept); None: no limit.
+        max_depth: span trees deeper than this are handled by ``on_max_depth``: ``flag``
+            (``trace_depth_exceeded``), ``truncate`` (deeper spans not written) or ``drop``.
+        flush_interval_s: the longest a decided row waits before it is in a Parquet file.
         metrics_window_s: the window of the derived aggregates (span metrics and others).
-        max_attempts: runs of a processing task before its batch is declared lost.
+        batch_wait_s, batch_bytes: requests arriving within ``batch_wait_s`` of the first of
+            a micro-batch go to a processor together, up to ``batch_bytes``.
+        max_attempts: sends of a micro-batch to a processor before its requests get a 503.
         forward_endpoint: an OTLP/HTTP traces URL the kept traces are also sent to.
         forward_headers: HTTP headers of those requests (e.g. authorization).
-        model_dir, model, fresh: the learner's checkpoints, as for ``ray-sched replay``.
-        alerts: alert rules on the processing tasks (a TOML path or AlertRule list); fired
-            alerts go to the console and ``export_dir/alerts.jsonl``.
-        otlp_endpoint: where the scheduler's own metrics and alert log records go; may be
-            this very receiver (``http://127.0.0.1:4318``).
     """
 
     export_dir: str
-    policy: str = "ml"
-    slots: int | None = None
+    processors: int | None = None
     address: str | None = None
-    local_schedulers: int | None = None
-    decoders: int = 2
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_pending_requests: int = 1024
     max_pending_bytes: int = 512 * 1024 * 1024
     memory_limit: float = 0.9
+    memory_limit_mib: int | None = None
+    decision_wait_s: float = DEFAULT_DECISION_WAIT_S
+    max_traces: int = DEFAULT_MAX_TRACES
+    decided_cache: int = DEFAULT_DECIDED_CACHE
     sample_probability: float = 0.1
     slow_quantile: float = 0.95
+    rate_limit_per_s: float | None = None
     max_depth: int = DEFAULT_MAX_DEPTH
+    on_max_depth: str = "flag"
     flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S
     metrics_window_s: float = 10.0
+    batch_wait_s: float = 0.002
+    batch_bytes: int = 8 * 1024 * 1024
     max_attempts: int = 3
     forward_endpoint: str | None = None
     forward_headers: dict | None = None
-    model_dir: str | None = "models"
-    model: str | None = None
-    fresh: bool = False
-    alerts: object = None
-    otlp_endpoint: str | None = None
 
     def __post_init__(self):
         try:
-            check_range("decoders", self.decoders, 1, 64)
+            if self.processors is not None:
+                check_range("processors", self.processors, 1, 1024)
             check_range("max_body_bytes", self.max_body_bytes, 1)
             check_range("max_pending_requests", self.max_pending_requests, 1)
             check_range("max_pending_bytes", self.max_pending_bytes, 1)
             check_range("memory_limit", self.memory_limit, 0, 1, low_open=True)
+            if self.memory_limit_mib is not None:
+                check_range("memory_limit_mib", self.memory_limit_mib, 1)
+            check_range("decision_wait_s", self.decision_wait_s, 0)
+            check_range("max_traces", self.max_traces, 1)
+            check_range("decided_cache", self.decided_cache, 1)
             check_range("sample_probability", self.sample_probability, 0, 1)
             check_range("slow_quantile", self.slow_quantile, 0, 1, low_open=True, high_open=True)
+            if self.rate_limit_per_s is not None:
+                check_range("rate_limit_per_s", self.rate_limit_per_s, 0, low_open=True)
             check_range("max_depth", self.max_depth, 1)
+            if self.on_max_depth not in ON_MAX_DEPTH:
+                raise ValueError(f"on_max_depth must be one of {ON_MAX_DEPTH}, got "
+                                 f"{self.on_max_depth!r}")
             check_range("flush_interval_s", self.flush_interval_s, 0, low_open=True)
             check_range("metrics_window_s", self.metrics_window_s, 0, low_open=True)
+            check_range("batch_wait_s", self.batch_wait_s, 0)
+            check_range("batch_bytes", self.batch_bytes, 1)
             check_range("max_attempts", self.max_attempts, 1)
             if self.forward_endpoint is not None and not str(self.forward_endpoint).startswith(
                     ("http://", "https://")):
@@ -177,136 +201,88 @@ class PipelineConfig:
             raise ConfigError(str(error)) from None
 
 
-# -- stage objects (plain classes; the actors below and the Scheduler's stage actors host them)
+# -- decoding a micro-batch (in the processors) ----------------------------------------------
 
 
-class Decoder:
-    """Decompress, decode and validate one request body; for traces, assemble the span
-    trees too (the deepest tree and the trace count are features of the processing task,
-    so they must be known before it is scheduled).
+@dataclasses.dataclass
+class DecodedBatch:
+    """What a micro-batch of requests decodes to.
+
+    Attributes:
+        results: per request, ``{"accepted", "rejected", "message"}`` or, for a refused
+            body, ``{"error": <OtlpError class name>, "message": ...}``.
+        spans: the spans of every trace request, in ``SPAN_BATCH_SCHEMA``.
+        metrics, logs: the columns of each metrics / logs request.
+    """
+
+    results: list[dict]
+    spans: pa.Table
+    metrics: list[Columns]
+    logs: list[Columns]
+
+
+def _refusal(error: OtlpError) -> dict:
+    return {"error": type(error).__name__, "message": str(error)}
+
+
+def _summary(accepted: int, rejected: int, message: str) -> dict:
+    return {"accepted": accepted, "rejected": rejected, "message": message}
+
+
+def decode_batch(items: list[tuple], max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+                 ) -> DecodedBatch:
+    """Decompress and decode requests: protobuf traces all together in one columnar pass
+    (:func:`~ray_sched.otlp.columnar.decode_traces`), anything else (OTLP/JSON, metrics,
+    logs, and what the columnar pass leaves to it) with the reference decoder.
 
     Args:
-        max_depth: span trees deeper than this are flagged.
+        items: ``(signal, body, media type, content encoding)`` per request.
+        max_body_bytes: the largest body accepted after decompression.
     """
+    results: list = [None] * len(items)
+    columnar: list[tuple[int, bytes]] = []
+    tables: list[pa.Table] = []
+    metrics: list[Columns] = []
+    logs: list[Columns] = []
 
-    def __init__(self, max_depth: int = DEFAULT_MAX_DEPTH):
-        self.max_depth = max_depth
-
-    def decode(self, signal: str, body: bytes, content_type: str, content_encoding: str | None,
-               max_body_bytes: int) -> tuple[dict, Columns | None]:
-        """Returns (summary, columns); a refused body gives ({"error": …}, None)."""
+    def reference(i: int, signal: str, raw: bytes, media: str) -> None:
         try:
-            raw = decompress(body, content_encoding, max_body_bytes)
-            decoded = decode_request(signal, raw, content_type)
+            decoded = decode_request(signal, raw, media)
         except OtlpError as error:
-            return {"error": type(error).__name__, "message": str(error)}, None
-        features = decoded.features()
-        columns = decoded.columns
-        if signal == "traces":
-            columns = assemble(columns, max_depth=self.max_depth)
-            depth = columns["trace_depth"]
-            features["deepest_tree"] = int(depth.max()) + 1 if len(depth) else 0
-            features["traces"] = len(np.unique(columns["trace_id"]))
-        summary = {"accepted": decoded.accepted, "rejected": decoded.rejected,
-                   "message": decoded.partial_success_message(),
-                   "features": features, "body_bytes": decoded.body_bytes}
-        return summary, columns
+            results[i] = _refusal(error)
+            return
+        results[i] = _summary(decoded.accepted, decoded.rejected,
+                              decoded.partial_success_message())
+        if decoded.accepted:
+            if signal == "traces":
+                tables.append(to_batch_table(decoded.columns))
+            else:
+                (metrics if signal == "metrics" else logs).append(decoded.columns)
 
-
-def _new_totals() -> dict:
-    """Running aggregates per item table: span metrics, metric series, log counts."""
-    return {"spans": SpanMetrics(), "metrics": MetricSeries(), "logs": LogCounts()}
-
-
-class OtlpProcessor:
-    """The processing stage: one request's columns in, its rows in Parquet.
-
-    Each processor writes its own part files (no second copy of the rows through another
-    actor: that hop cost more than the processing), keeps running aggregates of what it
-    processed and ships them to the :class:`Aggregator` every ``SHIP_EVERY_S``. Its tail
-    sampler learns per-operation latency quantiles from the traffic it serves (the same
-    distribution as its peers see). A timer thread writes rows that are due even when no
-    request comes. On a cluster, ``export_dir`` must be a path every node can write.
-    """
-
-    #: Aggregates go to the aggregator this often (one small call, not one per request).
-    SHIP_EVERY_S = 1.0
-
-    def __init__(self, *, export_dir: str, aggregator, sample_probability: float = 0.1,
-                 slow_quantile: float = 0.95, max_depth: int = DEFAULT_MAX_DEPTH,
-                 flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S,
-                 forward_endpoint: str | None = None, forward_headers: dict | None = None):
-        self.aggregator = aggregator
-        self.forwarder = (Forwarder(forward_endpoint, headers=forward_headers)
-                          if forward_endpoint else None)
-        self.max_depth = max_depth
-        self.sampler = TailSampler(probability=sample_probability, slow_quantile=slow_quantile)
-        self.sink = ParquetSink(export_dir, flush_interval_s=flush_interval_s)
-        self.totals = _new_totals()
-        self._shipped_at = time.monotonic()
-        self._shipments: list = []
-        self._lock = threading.Lock()
-        self._closed = threading.Event()
-        threading.Thread(target=self._flush_loop, name="otlp-flush", daemon=True).start()
-
-    def traces(self, columns: Columns) -> dict:
-        """Sample and keep one request's spans (assembled by the decoder, or here)."""
-        assembled = (columns if "trace_depth" in columns
-                     else assemble(columns, max_depth=self.max_depth))
-        decided = self.sampler.decide(assembled)
-        table = to_table(decided, SPAN_FIELDS, ASSEMBLY_FIELDS, SAMPLING_FIELDS)
-        self._keep("spans", table, span_metrics_partial(columns))
-        if self.forwarder is not None:
-            self.forwarder.add(decided, decided["sampled"])
-        return {"spans": table.num_rows, "kept": int(decided["sampled"].sum())}
-
-    def metrics(self, columns: Columns) -> dict:
-        table = to_table(columns, METRIC_POINT_FIELDS)
-        self._keep("metrics", table, metric_series_partial(columns))
-        return {"points": table.num_rows}
-
-    def logs(self, columns: Columns) -> dict:
-        table = to_table(columns, LOG_FIELDS)
-        self._keep("logs", table, log_counts_partial(columns))
-        return {"records": table.num_rows}
-
-    def _keep(self, table_name: str, table, partial: Columns) -> None:
-        with self._lock:
-            self.sink.write(table_name, table)
-            self.totals[table_name].merge(partial)
-        if time.monotonic() - self._shipped_at >= self.SHIP_EVERY_S:
-            self._ship()
-
-    def _ship(self) -> None:
-        with self._lock:
-            self._shipped_at = time.monotonic()
-            for table_name, totals in self.totals.items():
-                if len(totals):
-                    self._shipments.append(
-                        self.aggregator.merge.remote(table_name, totals.as_partial()))
-                    totals.reset()
-        if self._shipments:  # forget the ones already delivered
-            _, self._shipments = ray.wait(self._shipments, num_returns=len(self._shipments),
-                                          timeout=0)
-
-    def _flush_loop(self) -> None:
-        period = min(self.sink.flush_interval_s, 1.0) / 2
-        while not self._closed.wait(period):
-            with self._lock:
-                self.sink.flush_due()
-
-    def close(self) -> dict:
-        """Write every row held, deliver the aggregates; returns rows written per table."""
-        self._closed.set()
-        self._ship()
-        ray.get(self._shipments)
-        with self._lock:
-            written = self.sink.flush()
-        if self.forwarder is not None:
-            forwarded = self.forwarder.close()
-            written["forwarded_spans"] = forwarded["sent"]
-            written["forward_dropped_spans"] = forwarded["dropped"]
-        return written
+    for i, (signal, body, media, encoding) in enumerate(items):
+        try:
+            raw = decompress(body, encoding, max_body_bytes)
+        except OtlpError as error:
+            results[i] = _refusal(error)
+            continue
+        if signal == "traces" and media == PROTOBUF:
+            columnar.append((i, raw))
+        else:
+            reference(i, signal, raw, media)
+    if columnar:
+        table, outcomes = decode_traces([raw for _, raw in columnar])
+        if table.num_rows:
+            tables.append(table)
+        for (i, raw), outcome in zip(columnar, outcomes):
+            if isinstance(outcome, dict):
+                results[i] = _summary(outcome["accepted"], 0, "")
+            elif isinstance(outcome, OtlpError):
+                results[i] = _refusal(outcome)
+            else:
+                reference(i, "traces", raw, PROTOBUF)
+    spans = (pa.concat_tables(tables) if len(tables) > 1 else
+             tables[0] if tables else SPAN_BATCH_SCHEMA.empty_table())
+    return DecodedBatch(results=results, spans=spans, metrics=metrics, logs=logs)
 
 
 class Aggregator:
@@ -320,7 +296,7 @@ class Aggregator:
                  metrics_window_s: float = 10.0):
         self.sink = ParquetSink(export_dir, flush_interval_s=flush_interval_s)
         self.metrics_window_s = metrics_window_s
-        self.totals = _new_totals()
+        self.totals = new_totals()
         self.window_start_ns = time.time_ns()
 
     def merge(self, table_name: str, partial: Columns) -> None:
@@ -358,11 +334,370 @@ def _table_of(columns: Columns):
     return pa.table({name: pa.array(values) for name, values in columns.items()})
 
 
-@ray.remote(num_cpus=0)
-class DecoderActor(Decoder):
-    @ray.method(num_returns=2)
-    def decode(self, *args):
-        return super().decode(*args)
+# -- the request path inside a processor: admission, micro-batches, decode, hand-off
+
+
+class Ingest:
+    """What a processor's listeners call: ``await accept(...)`` per request.
+
+    Requests arriving within ``batch_wait_s`` of each other are decoded together on one
+    worker thread (:func:`decode_batch`), then ``handoff`` places the decoded batch (its
+    spans with their trace's processor); each request is answered once that is done.
+
+    Args:
+        config: the pipeline's settings (admission limits, batching).
+        handoff: ``async handoff(DecodedBatch)``: raises when the items cannot be placed
+            (the requests are then answered 503, to be retried).
+        memory_share: this process's share of ``memory_limit_mib`` (1 / processors).
+    """
+
+    def __init__(self, config: PipelineConfig, handoff, *, memory_share: float = 1.0):
+        self.config = config
+        self.handoff = handoff
+        self.memory_share = memory_share
+        self.pending_requests = 0
+        self.pending_bytes = 0
+        self.closing = False
+        self.counts = dict.fromkeys(
+            ("requests", "accepted", "rejected", "refused", "processed", "failed", "batches"), 0)
+        self._decoding = concurrent.futures.ThreadPoolExecutor(1, "otlp-decode")
+        self._batch: list[tuple] = []
+        self._batch_bytes = 0
+        self._tracked: set[asyncio.Task] = set()
+        self._memory_checked = 0.0
+        self._memory_used = 0.0
+        self._memory_mib = 0.0
+        self.decode_s = self.handoff_s = 0.0        # wall seconds over all batches
+
+    # -- admission ---------------------------------------------------------------------
+    def _admit(self, size_bytes: int) -> None:
+        if self.closing:
+            raise OverloadedError("the receiver is shutting down", RETRY_AFTER_S, 503)
+        if self.pending_requests >= self.config.max_pending_requests:
+            raise OverloadedError(
+                f"queue full: {self.pending_requests} requests pending "
+                f"(max_pending_requests={self.config.max_pending_requests})", RETRY_AFTER_S)
+        if self.pending_bytes + size_bytes > self.config.max_pending_bytes:
+            raise OverloadedError(
+                f"queue full: {self.pending_bytes} bytes pending "
+                f"(max_pending_bytes={self.config.max_pending_bytes})", RETRY_AFTER_S)
+        now = time.monotonic()
+        if now - self._memory_checked >= MEMORY_CHECK_EVERY_S:
+            self._memory_checked = now
+            self._memory_used = psutil.virtual_memory().percent / 100.0
+            if self.config.memory_limit_mib is not None:
+                self._memory_mib = psutil.Process().memory_info().rss / 2**20
+        if self._memory_used > self.config.memory_limit:
+            raise OverloadedError(
+                f"memory limit: {self._memory_used:.0%} of memory in use "
+                f"(memory_limit={self.config.memory_limit:.0%})", RETRY_AFTER_S, 503)
+        limit_mib = self.config.memory_limit_mib
+        if limit_mib is not None and self._memory_mib > limit_mib * self.memory_share:
+            raise OverloadedError(
+                f"memory limit: this processor uses {self._memory_mib:.0f} MiB, over its "
+                f"share of memory_limit_mib={limit_mib}", RETRY_AFTER_S, 503)
+
+    @staticmethod
+    def check_content_type(content_type: str | None) -> str:
+        media = (content_type or "").split(";", 1)[0].strip().lower()
+        if media not in CONTENT_TYPES:
+            raise UnsupportedMediaTypeError(
+                f"unsupported content type {content_type!r}; use one of {list(CONTENT_TYPES)}")
+        return media
+
+    # -- the request path ----------------------------------------------------------------
+    async def accept(self, signal: str, body: bytes, content_type: str | None,
+                     content_encoding: str | None = None) -> dict:
+        """Decode one request and place its items; returns once they are held.
+
+        Returns:
+            ``{"accepted", "rejected", "message"}``: the accepted items are then this
+            pipeline's to export.
+
+        Raises:
+            OtlpError: the subclass tells the status (400, 413, 415, 429, 503).
+        """
+        if signal not in SIGNALS:
+            raise ConfigError(f"unknown signal {signal!r}; one of {SIGNALS}")
+        self.counts["requests"] += 1
+        try:
+            media = self.check_content_type(content_type)
+            if len(body) > self.config.max_body_bytes:
+                raise PayloadTooLargeError(f"body of {len(body)} bytes is over the limit of "
+                                           f"{self.config.max_body_bytes} bytes")
+            self._admit(len(body))
+        except OtlpError:
+            self.counts["refused"] += 1
+            raise
+        self.pending_requests += 1
+        self.pending_bytes += len(body)
+        try:
+            summary = await self._enqueue((signal, body, media, content_encoding))
+        except OtlpError:
+            self.counts["refused"] += 1
+            raise
+        finally:
+            self.pending_requests -= 1
+            self.pending_bytes -= len(body)
+        if "error" in summary:
+            self.counts["refused"] += 1
+            raise _ERRORS.get(summary["error"], InvalidPayloadError)(summary["message"])
+        self.counts["accepted"] += summary["accepted"]
+        self.counts["rejected"] += summary["rejected"]
+        self.counts["processed"] += summary["accepted"]
+        return summary
+
+    def _enqueue(self, item: tuple) -> asyncio.Future:
+        """Add a request to the open micro-batch (decoded after batch_wait_s, or at once
+        when it reaches batch_bytes)."""
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        self._batch.append((item, waiter))
+        self._batch_bytes += len(item[1])
+        if self._batch_bytes >= self.config.batch_bytes:
+            self._send_batch()
+        elif len(self._batch) == 1:
+            loop.call_later(self.config.batch_wait_s, self._send_batch)
+        return waiter
+
+    def _send_batch(self) -> None:
+        batch, self._batch = self._batch, []
+        self._batch_bytes = 0
+        if batch:
+            task = asyncio.ensure_future(self._run_batch(batch))
+            self._tracked.add(task)
+            task.add_done_callback(self._tracked.discard)
+
+    async def _run_batch(self, batch: list[tuple]) -> None:
+        self.counts["batches"] += 1
+        started = time.perf_counter()
+        try:
+            decoded = await asyncio.get_running_loop().run_in_executor(
+                self._decoding, decode_batch, [item for item, _ in batch],
+                self.config.max_body_bytes)
+            placed = time.perf_counter()
+            self.decode_s += placed - started
+            await self.handoff(decoded)
+            self.handoff_s += time.perf_counter() - placed
+        except Exception as error:  # noqa: BLE001 - every request hears of it, as a 503
+            self.counts["failed"] += len(batch)
+            log.error("a batch of %d requests could not be placed; answered 503: %s",
+                      len(batch), error)
+            failure = OverloadedError(f"processing failed: {error}", RETRY_AFTER_S, 503)
+            for _, waiter in batch:
+                if not waiter.done():
+                    waiter.set_exception(failure)
+            return
+        for (_, waiter), result in zip(batch, decoded.results):
+            if not waiter.done():
+                waiter.set_result(result)
+
+    def stats(self) -> dict:
+        return {**self.counts, "pending_requests": self.pending_requests,
+                "pending_bytes": self.pending_bytes, "decode_s": round(self.decode_s, 3),
+                "handoff_s": round(self.handoff_s, 3)}
+
+    async def finish(self) -> None:
+        """Refuse new requests and wait for the batches in flight."""
+        self.closing = True
+        self._send_batch()
+        while self._tracked:
+            await asyncio.wait(set(self._tracked))
+        self._decoding.shutdown(wait=True)
+
+
+@ray.remote(num_cpus=0, max_restarts=-1)
+class ProcessorActor:
+    """One trace partition: listens for OTLP (on ports it shares with the other
+    processors), decodes what it receives, sends each other partition's spans to its
+    processor, and hosts a :class:`TraceProcessor` for its own.
+
+    Threads: the event loop only receives (requests, peers' spans, stats calls), so that
+    a peer waiting for its spans to be taken waits for nothing else; decoding runs on one
+    worker thread, and the :class:`TraceProcessor` (taking spans, deciding traces) on
+    another, fed through an inbox. Peers and the aggregator are found by name, so that a
+    restarted processor finds them again (what the lost one held is lost with it).
+
+    Args:
+        index, count: this partition and how many there are.
+        names: the named actors of this pipeline: ``processors`` (a list by partition) and
+            ``aggregator``.
+        settings: the PipelineConfig as a dict.
+    """
+
+    def __init__(self, index: int, count: int, names: dict, settings: dict):
+        # The decode thread must not hold the event loop (its peers' spans, its listeners)
+        # for the interpreter's default 5 ms at a time.
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
+        config = PipelineConfig(**settings)
+        self.index, self.count, self.names = index, count, names
+        forwarder = (Forwarder(config.forward_endpoint, headers=config.forward_headers)
+                     if config.forward_endpoint else None)
+        self.processor = TraceProcessor(
+            export_dir=str(config.export_dir), decision_wait_s=config.decision_wait_s,
+            max_traces=config.max_traces, decided_cache=config.decided_cache,
+            max_depth=config.max_depth, on_max_depth=config.on_max_depth,
+            sample_probability=config.sample_probability, slow_quantile=config.slow_quantile,
+            rate_limit_per_s=config.rate_limit_per_s, flush_interval_s=config.flush_interval_s,
+            forwarder=forwarder, background_writes=True)
+        self.ingest = Ingest(config, self._handoff, memory_share=1.0 / count)
+        self.receiver = None
+        self._peers: dict[int, object] = {}
+        self._aggregator = None
+        self._inbox: collections.deque = collections.deque()   # (kind, payload, arrived)
+        self._deciding = concurrent.futures.ThreadPoolExecutor(1, "otlp-decide")
+        self._shipped_at = time.monotonic()
+        self._shipments: list = []
+        self._ticker: asyncio.Task | None = None
+
+    def _peer(self, index: int):
+        if index not in self._peers:
+            self._peers[index] = ray.get_actor(self.names["processors"][index])
+        return self._peers[index]
+
+    def _start(self) -> None:
+        if self._ticker is None:
+            self._ticker = asyncio.ensure_future(self._tick_loop())
+
+    async def listen(self, host: str, http_port: int | None, grpc_port: int | None,
+                     auth_token: str | None) -> dict:
+        """Open this processor's listeners (sharing the ports with its peers); returns the
+        ports bound, by protocol."""
+        from ray_sched.otlp.receiver import Receiver  # the receiver imports this module
+
+        self._start()
+        self.receiver = Receiver(self.ingest, host=host, http_port=http_port,
+                                 grpc_port=grpc_port, auth_token=auth_token, reuse_port=True,
+                                 stats=self.pipeline_stats)
+        await self.receiver.start()
+        return {"http": self.receiver.http_port, "grpc": self.receiver.grpc_port}
+
+    async def _handoff(self, batch: DecodedBatch) -> None:
+        """Place a decoded batch: this partition's spans here, the others' with their
+        processors (awaited: a request is answered once its spans are held)."""
+        self._start()
+        sends = []
+        if batch.spans.num_rows:
+            owner = partition_of(batch.spans.column("trace_id"), self.count)
+            for part in np.unique(owner).tolist():
+                spans = batch.spans.filter(pa.array(owner == part))
+                if part == self.index:
+                    self._inbox.append(("spans", spans, time.monotonic()))
+                else:
+                    sends.append(self._peer(part).add_spans.remote(to_ipc(spans)))
+        for columns in batch.metrics:
+            self._inbox.append(("metrics", columns, None))
+        for columns in batch.logs:
+            self._inbox.append(("logs", columns, None))
+        if sends:
+            await asyncio.gather(*sends)
+
+    async def add_spans(self, spans: bytes) -> None:
+        """Take spans of this partition from a peer (an Arrow IPC stream: cheaper to pass
+        than the table itself, which Ray pickles column by column)."""
+        self._start()
+        self._inbox.append(("spans", pa.ipc.open_stream(spans).read_all(), time.monotonic()))
+
+    async def _tick_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(TICK_S)
+            try:
+                await loop.run_in_executor(self._deciding, self._tick)
+            except Exception:  # noqa: BLE001 - logged; the next tick tries again
+                log.exception("processor %d: tick failed", self.index)
+
+    def _take_inbox(self) -> None:
+        """Hand what arrived to the TraceProcessor (on the deciding thread)."""
+        inbox, processor = self._inbox, self.processor
+        while inbox:
+            kind, payload, arrived = inbox.popleft()
+            if kind == "spans":
+                processor.add_spans(payload, now=arrived)
+            elif kind == "metrics":
+                processor.metrics(payload)
+            else:
+                processor.logs(payload)
+
+    def _tick(self) -> None:
+        self._take_inbox()
+        self.processor.tick()
+        if time.monotonic() - self._shipped_at >= SHIP_EVERY_S:
+            self._ship()
+
+    def _ship(self) -> None:
+        self._shipped_at = time.monotonic()
+        if self._aggregator is None:
+            self._aggregator = ray.get_actor(self.names["aggregator"])
+        for table_name, totals in self.processor.totals.items():
+            if len(totals):
+                self._shipments.append(
+                    self._aggregator.merge.remote(table_name, totals.as_partial()))
+                totals.reset()
+        if self._shipments:  # forget the ones already delivered
+            _, self._shipments = ray.wait(self._shipments, num_returns=len(self._shipments),
+                                          timeout=0)
+
+    async def stats(self) -> dict:
+        """This processor's counts (its listeners' and its partition's)."""
+        return {**self.ingest.stats(), **self.processor.stats(), "index": self.index,
+                "pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(),
+                "rss_bytes": psutil.Process().memory_info().rss}
+
+    async def pipeline_stats(self) -> dict:
+        """Every processor's counts, summed (``GET /stats`` on any listener)."""
+        others = [self._peer(i).stats.remote() for i in range(self.count) if i != self.index]
+        return summed_stats([await self.stats(), *await asyncio.gather(*others)])
+
+    async def stop_listening(self) -> None:
+        """Close the listeners, finish the requests in flight (they are answered)."""
+        if self.receiver is not None:
+            await self.receiver.stop()
+        await self.ingest.finish()
+
+    async def close(self) -> dict:
+        """Decide every waiting trace, write everything, deliver the aggregates; returns rows
+        written per table."""
+        if self._ticker is not None:
+            self._ticker.cancel()
+        written = await asyncio.get_running_loop().run_in_executor(self._deciding, self._close)
+        await asyncio.gather(*self._shipments)
+        return written
+
+    def _close(self) -> dict:
+        self._take_inbox()
+        written = self.processor.close()
+        self._ship()
+        return written
+
+
+def to_ipc(table: pa.Table) -> pa.Buffer:
+    """A table as one Arrow IPC stream (near a memory copy to write and to read)."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue()
+
+
+def summed_stats(stats: list[dict]) -> dict:
+    """Processors' counts added up (nested ones such as the sampler's too), with how many
+    processors and nodes there are."""
+    total: dict = {}
+
+    def add(into: dict, one: dict) -> None:
+        for name, value in one.items():
+            if name in ("index", "pid", "node_id"):
+                continue
+            if isinstance(value, dict):
+                add(into.setdefault(name, {}), value)
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                into[name] = into.get(name, 0) + value
+
+    for one in stats:
+        add(total, one)
+    total["processors"] = len(stats)
+    total["processor_nodes"] = len({one.get("node_id") for one in stats})
+    return total
 
 
 @ray.remote(num_cpus=0)
@@ -383,210 +718,79 @@ class AggregatorActor:
     async def _tick_loop(self) -> None:
         while True:
             await asyncio.sleep(min(self.aggregator.sink.flush_interval_s, 1.0) / 2)
-            self.aggregator.tick()
+            try:
+                self.aggregator.tick()
+            except Exception:  # noqa: BLE001 - logged; the next tick tries again
+                log.exception("aggregator: tick failed")
 
     async def close(self) -> dict:
         return self.aggregator.close()
 
 
-# -- the front: admission, decoding, submission, tracking, drain
+# -- the serve process: start, listen, stats, drain
 
 
 class OtlpPipeline:
-    """What the receiver calls: ``await accept(...)`` per request, ``await drain()`` at the end.
-
-    Must be created and used inside one running asyncio loop.
+    """The processors and the aggregator of one ``ray-sched serve``: ``await listen(...)``,
+    ``await stats()``, ``await drain()``, ``close()``.
 
     Example:
         >>> pipeline = OtlpPipeline(PipelineConfig(export_dir="out"))     # doctest: +SKIP
-        >>> summary = await pipeline.accept("traces", body, "application/x-protobuf")
+        >>> urls = await pipeline.listen("127.0.0.1", 4318, 4317)
         >>> await pipeline.drain()
     """
 
     def __init__(self, config: PipelineConfig):
         from ray_sched.actors.runtime import ensure_ray
-        from ray_sched.scheduler import Scheduler  # the facade sits one floor below
 
         self.config = config
-        self._owns_ray = ensure_ray(config.slots, config.address)
+        self._owns_ray = ensure_ray(config.processors, config.address)
         here = ray.get_runtime_context().get_node_id()
         pinned = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(here, soft=True)
-        # The aggregator runs beside the receiver, with the decoders.
-        self.aggregator = AggregatorActor.options(scheduling_strategy=pinned).remote(
-            str(config.export_dir), config.flush_interval_s, config.metrics_window_s)
-        self.decoders = [DecoderActor.options(scheduling_strategy=pinned).remote(
-            config.max_depth) for _ in range(config.decoders)]
-        self._next_decoder = itertools.cycle(self.decoders)
-        processor = functools.partial(
-            OtlpProcessor, export_dir=str(Path(config.export_dir).resolve()),
-            aggregator=self.aggregator, sample_probability=config.sample_probability,
-            slow_quantile=config.slow_quantile, max_depth=config.max_depth,
-            flush_interval_s=config.flush_interval_s, forward_endpoint=config.forward_endpoint,
-            forward_headers=config.forward_headers)
-        self.scheduler = Scheduler(
-            policy=config.policy, slots=config.slots, address=config.address,
-            local_schedulers=config.local_schedulers, model_dir=config.model_dir,
-            model=config.model, fresh=config.fresh, stages={STAGE: processor},
-            alerts=config.alerts, otlp_endpoint=config.otlp_endpoint,
-            monitor_dir=config.export_dir if config.alerts else None)
-        ray.get([d.__ray_ready__.remote() for d in self.decoders] +
-                [self.aggregator.__ray_ready__.remote()], timeout=120)
-        self.pending_requests = 0
-        self.pending_bytes = 0
-        self.closing = False
-        self.counts = dict.fromkeys(
-            ("requests", "accepted", "rejected", "refused", "processed", "lost", "retries"), 0)
-        self._tracked: set[asyncio.Task] = set()
-        self._batch: list[tuple] = []
-        self._memory_checked = 0.0
-        self._memory_used = 0.0
+        export_dir = str(Path(config.export_dir).resolve())
+        count = config.processors or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        prefix = f"ray_sched-otlp-{uuid.uuid4().hex[:12]}"
+        names = {"aggregator": f"{prefix}-aggregator",
+                 "processors": [f"{prefix}-processor-{index}" for index in range(count)]}
+        self.aggregator = AggregatorActor.options(
+            name=names["aggregator"], scheduling_strategy=pinned).remote(
+            export_dir, config.flush_interval_s, config.metrics_window_s)
+        settings = {**dataclasses.asdict(config), "export_dir": export_dir}
+        self.processors = [ProcessorActor.options(
+            name=name, scheduling_strategy="SPREAD").remote(index, count, names, settings)
+            for index, name in enumerate(names["processors"])]
+        ray.get([actor.__ray_ready__.remote() for actor in [self.aggregator, *self.processors]],
+                timeout=120)
+        self.listening: dict[str, int | None] = {}
 
-    # -- admission ---------------------------------------------------------------------
-    def _admit(self, size_bytes: int) -> None:
-        if self.closing:
-            raise OverloadedError("the receiver is shutting down", RETRY_AFTER_S, 503)
-        if self.pending_requests >= self.config.max_pending_requests:
-            raise OverloadedError(
-                f"queue full: {self.pending_requests} requests pending "
-                f"(max_pending_requests={self.config.max_pending_requests})", RETRY_AFTER_S)
-        if self.pending_bytes + size_bytes > self.config.max_pending_bytes:
-            raise OverloadedError(
-                f"queue full: {self.pending_bytes} bytes pending "
-                f"(max_pending_bytes={self.config.max_pending_bytes})", RETRY_AFTER_S)
-        now = time.monotonic()
-        if now - self._memory_checked >= MEMORY_CHECK_EVERY_S:
-            self._memory_checked = now
-            self._memory_used = psutil.virtual_memory().percent / 100.0
-        if self._memory_used > self.config.memory_limit:
-            raise OverloadedError(
-                f"memory limit: {self._memory_used:.0%} of memory in use "
-                f"(memory_limit={self.config.memory_limit:.0%})", RETRY_AFTER_S, 503)
+    async def listen(self, host: str, http_port: int | None, grpc_port: int | None,
+                     auth_token: str | None = None) -> dict[str, str]:
+        """Open every processor's listeners on the same ports (0: the first one picks a free
+        port, the others share it). Returns the URLs by protocol."""
+        first = await self.processors[0].listen.remote(host, http_port, grpc_port, auth_token)
+        await asyncio.gather(*[p.listen.remote(host, first["http"], first["grpc"], auth_token)
+                               for p in self.processors[1:]])
+        self.listening = first
+        urls = {}
+        if first["http"] is not None:
+            urls["http"] = f"http://{host}:{first['http']}"
+        if first["grpc"] is not None:
+            urls["grpc"] = f"{host}:{first['grpc']}"
+        return urls
 
-    @staticmethod
-    def check_content_type(content_type: str | None) -> str:
-        media = (content_type or "").split(";", 1)[0].strip().lower()
-        if media not in CONTENT_TYPES:
-            raise UnsupportedMediaTypeError(
-                f"unsupported content type {content_type!r}; use one of {list(CONTENT_TYPES)}")
-        return media
+    async def stats(self) -> dict:
+        return summed_stats(await asyncio.gather(*[p.stats.remote() for p in self.processors]))
 
-    # -- the request path ----------------------------------------------------------------
-    async def accept(self, signal: str, body: bytes, content_type: str | None,
-                     content_encoding: str | None = None) -> dict:
-        """Decode one request and schedule its processing.
-
-        Returns:
-            ``{"accepted", "rejected", "message", ...}`` once the body is decoded; the
-            accepted items are then this pipeline's to export.
-
-        Raises:
-            OtlpError: the subclass tells the status (400, 413, 415, 429, 503).
-        """
-        if signal not in SIGNALS:
-            raise ConfigError(f"unknown signal {signal!r}; one of {SIGNALS}")
-        self.counts["requests"] += 1
-        try:
-            media = self.check_content_type(content_type)
-            if len(body) > self.config.max_body_bytes:
-                raise PayloadTooLargeError(f"body of {len(body)} bytes is over the limit of "
-                                           f"{self.config.max_body_bytes} bytes")
-            self._admit(len(body))
-        except OtlpError:
-            self.counts["refused"] += 1
-            raise
-        self.pending_requests += 1
-        self.pending_bytes += len(body)
-        tracked = False
-        try:
-            summary_ref, columns_ref = next(self._next_decoder).decode.remote(
-                signal, body, media, content_encoding, self.config.max_body_bytes)
-            summary = await summary_ref
-            if "error" in summary:
-                self.counts["refused"] += 1
-                raise _ERRORS[summary["error"]](summary["message"])
-            self.counts["accepted"] += summary["accepted"]
-            self.counts["rejected"] += summary["rejected"]
-            if summary["accepted"]:
-                task = asyncio.ensure_future(
-                    self._process(signal, columns_ref, summary, len(body)))
-                self._tracked.add(task)
-                task.add_done_callback(self._tracked.discard)
-                tracked = True
-            return summary
-        finally:
-            if not tracked:
-                self._release(len(body))
-
-    def _submit(self, task) -> asyncio.Future:
-        """Queue a task for the next batch: requests decoded within one SUBMIT_BATCH_S go to
-        the global scheduler in one call (and get their predictions in one)."""
-        waiter = asyncio.get_running_loop().create_future()
-        self._batch.append((task, waiter))
-        if len(self._batch) == 1:
-            asyncio.get_running_loop().call_later(SUBMIT_BATCH_S, self._submit_batch)
-        return waiter
-
-    def _submit_batch(self) -> None:
-        batch, self._batch = self._batch, []
-        try:
-            futures = self.scheduler.submit_tasks([task for task, _ in batch])
-        except Exception as error:  # noqa: BLE001 - every waiter hears of it
-            for _, waiter in batch:
-                waiter.set_exception(error)
-            return
-        for (_, waiter), future in zip(batch, futures):
-            waiter.set_result(future)
-
-    async def _process(self, signal: str, columns_ref, summary: dict, size_bytes: int) -> None:
-        """Run the processing task until it succeeds or ``max_attempts`` runs failed."""
-        try:
-            for attempt in range(1, self.config.max_attempts + 1):
-                try:
-                    task = self.scheduler.stage_task(
-                        STAGE, signal, columns_ref, kind=f"{STAGE}.{signal}",
-                        features=summary["features"])
-                    future = await self._submit(task)
-                    await future
-                    self.counts["processed"] += summary["accepted"]
-                    return
-                except Exception as error:  # noqa: BLE001 - retried, then counted as lost
-                    if attempt < self.config.max_attempts:
-                        self.counts["retries"] += 1
-                        log.warning("processing %s failed (attempt %d), retrying: %s",
-                                    signal, attempt, error)
-                    else:
-                        self.counts["lost"] += summary["accepted"]
-                        log.error("processing %s failed %d times; %d items lost: %s", signal,
-                                  attempt, summary["accepted"], error)
-        finally:
-            self._release(size_bytes)
-
-    def _release(self, size_bytes: int) -> None:
-        self.pending_requests -= 1
-        self.pending_bytes -= size_bytes
-
-    # -- lifecycle ---------------------------------------------------------------------
-    def stats(self) -> dict:
-        return {**self.counts, "pending_requests": self.pending_requests,
-                "pending_bytes": self.pending_bytes}
-
-    async def drain(self, timeout_s: float = 300.0) -> dict:
-        """Refuse new requests, finish every accepted one, write everything. Returns the rows
-        written per table."""
-        self.closing = True
-        deadline = time.monotonic() + timeout_s
-        while self._tracked and time.monotonic() < deadline:
-            await asyncio.wait(set(self._tracked), timeout=max(0.0, deadline - time.monotonic()))
-        if self._tracked:
-            log.error("drain timed out with %d requests still processing", len(self._tracked))
-        loop = asyncio.get_running_loop()
-        written = _add_counts(await loop.run_in_executor(None, self.scheduler.close_stages))
+    async def drain(self) -> dict:
+        """Close the listeners, finish every accepted request, write everything. Returns the
+        rows written per table."""
+        await asyncio.gather(*[p.stop_listening.remote() for p in self.processors])
+        written = _add_counts(await asyncio.gather(*[p.close.remote() for p in self.processors]))
         return _add_counts([written, await self.aggregator.close.remote()])
 
     def close(self) -> None:
         """Stop the actors (after :meth:`drain`), and Ray when this pipeline started it."""
-        self.scheduler.shutdown()
-        for actor in [self.aggregator, *self.decoders]:
-            ray.kill(actor)
+        for actor in [self.aggregator, *self.processors]:
+            ray.kill(actor, no_restart=True)
         if self._owns_ray:
             ray.shutdown()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from ray_sched.otlp.schema import (
     Columns,
     empty_columns,
 )
+from ray_sched.otlp.traceid import SAMPLING_BITS, sampling_value
 from ray_sched.params import check_range
 
 # --- tail sampling -------------------------------------------------------------------------
@@ -53,23 +55,14 @@ DEFAULT_WINDOW = 1024
 DEFAULT_MAX_OPERATIONS = 10_000
 #: Rows allocated for operations at first; doubled as needed (up to max_operations).
 INITIAL_OPERATIONS = 64
-#: W3C Trace Context level 2 makes the rightmost 7 bytes (56 bits) of a trace id random; the
-#: Collector's probabilistic sampler (and OTel's consistent sampling) draws on those bits.
-SAMPLING_RANDOM_BITS = 56
-_RANDOM_HEX_DIGITS = SAMPLING_RANDOM_BITS // 4
+#: Bits of a trace's sampling value (see ray_sched.otlp.traceid).
+SAMPLING_RANDOM_BITS = SAMPLING_BITS
 
 #: Why a trace was kept (or not), in the order a trace is checked; codes index this tuple.
-SAMPLE_REASONS = ("error", "slow", "probabilistic", "dropped")
-_ERROR, _SLOW, _PROBABILISTIC, _DROPPED = range(len(SAMPLE_REASONS))
+#: "rate_limited": kept as slow or probabilistic, but over its root service's rate limit.
+SAMPLE_REASONS = ("error", "slow", "probabilistic", "dropped", "rate_limited")
+_ERROR, _SLOW, _PROBABILISTIC, _DROPPED, _RATE_LIMITED = range(len(SAMPLE_REASONS))
 _REASON_NAMES = np.array(SAMPLE_REASONS, dtype=object)
-
-#: Hex digit values of every byte; non-hex bytes read as 0 (decode rejects such ids first).
-_HEX_VALUE = np.zeros(256, dtype=np.uint64)
-_HEX_VALUE[np.frombuffer(b"0123456789", dtype=np.uint8)] = np.arange(10, dtype=np.uint64)
-_HEX_VALUE[np.frombuffer(b"abcdef", dtype=np.uint8)] = np.arange(10, 16, dtype=np.uint64)
-_HEX_VALUE[np.frombuffer(b"ABCDEF", dtype=np.uint8)] = np.arange(10, 16, dtype=np.uint64)
-_HEX_SHIFTS = (4 * np.arange(_RANDOM_HEX_DIGITS - 1, -1, -1)).astype(np.uint64)
-
 
 def _check_fraction(name: str, value: object, **openness: bool) -> float:
     try:
@@ -85,26 +78,16 @@ def _check_count(name: str, value: object) -> int:
 
 
 def trace_randomness(trace_ids: np.ndarray) -> np.ndarray:
-    """The low 56 bits of hex trace ids, as ``int(trace_id[-14:], 16)`` would read them.
+    """The sampling value of each trace id: uniform in [0, 2**56) whatever the ids are
+    (:func:`ray_sched.otlp.traceid.sampling_value`, a hash of all 16 bytes).
 
     Args:
-        trace_ids: object array of shape (n,) of hex strings (32 chars per the schema).
+        trace_ids: hex strings (32 chars per the schema), shape (n,).
 
     Returns:
-        uint64 array of shape (n,), each value in [0, 2**56).
+        uint64 array of shape (n,).
     """
-    ids = list(trace_ids)
-    if not ids:
-        return np.zeros(0, dtype=np.uint64)
-    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-    width = int(lengths[0])
-    if width < _RANDOM_HEX_DIGITS or (lengths != width).any():  # off-schema ids: rare path
-        ids = [i[-_RANDOM_HEX_DIGITS:].rjust(_RANDOM_HEX_DIGITS, "0") for i in ids]
-        width = _RANDOM_HEX_DIGITS
-    # "replace" keeps one byte per character, so rows stay aligned even for odd characters.
-    raw = np.frombuffer("".join(ids).encode("ascii", "replace"), dtype=np.uint8)
-    digits = _HEX_VALUE[raw.reshape(len(ids), width)[:, -_RANDOM_HEX_DIGITS:]]
-    return (digits << _HEX_SHIFTS).sum(axis=1, dtype=np.uint64)
+    return sampling_value(trace_ids)
 
 
 class _DurationWindows:
@@ -220,9 +203,13 @@ class TailSampler:
     A trace is checked in order: ``"error"`` if ``trace_error``; ``"slow"`` if its operation
     (``root_service``, ``root_name``) has at least ``min_samples`` past trace durations and
     this trace's ``trace_duration_ns`` is above their ``slow_quantile`` (as it stood before
-    this batch); ``"probabilistic"`` if the low 56 bits of its trace id, over 2**56, are below
-    ``probability`` (every replica agrees, like the Collector's probabilistic sampler);
-    else ``"dropped"``. Afterwards each trace's duration joins its operation's window.
+    this batch); ``"probabilistic"`` if its trace id's sampling value, over 2**56, is below
+    ``probability`` (a hash of the whole id: every replica agrees, as with the Collector's
+    probabilistic sampler, and the share is right even for ids that are not random);
+    else ``"dropped"``. With ``rate_limit_per_s``, a root service keeps at most that many
+    slow or probabilistic traces a second (a token bucket holding one second's worth);
+    the others become ``"rate_limited"`` (not kept). Errors are always kept. Afterwards
+    each trace's duration joins its operation's window.
 
     Per-trace columns (``trace_error``, ``trace_duration_ns``, ``root_*``) are read from the
     first span of each trace in the batch (assembly repeats them on every span). A trace
@@ -235,6 +222,9 @@ class TailSampler:
         min_samples: past durations an operation needs before traces can be slow.
         window: past durations kept per operation (the most recent ones).
         max_operations: operations tracked; the least recently seen are forgotten first.
+        rate_limit_per_s: kept traces a second per root service beyond errors; None: no
+            limit.
+        clock: seconds, for the rate limit's buckets.
 
     Raises:
         ConfigError: a parameter out of range, quoting the value.
@@ -243,8 +233,17 @@ class TailSampler:
     def __init__(self, *, probability: float = DEFAULT_PROBABILITY,
                  slow_quantile: float = DEFAULT_SLOW_QUANTILE,
                  min_samples: int = DEFAULT_MIN_SAMPLES, window: int = DEFAULT_WINDOW,
-                 max_operations: int = DEFAULT_MAX_OPERATIONS):
+                 max_operations: int = DEFAULT_MAX_OPERATIONS,
+                 rate_limit_per_s: float | None = None, clock: Callable[[], float] = None):
         _check_fraction("probability", probability)
+        if rate_limit_per_s is not None:
+            try:
+                check_range("rate_limit_per_s", rate_limit_per_s, 0, low_open=True)
+            except ValueError as error:
+                raise ConfigError(str(error)) from None
+        self.rate_limit_per_s = rate_limit_per_s
+        self.clock = clock or time.monotonic
+        self._buckets: dict[str, tuple[float, float]] = {}   # service -> (tokens, at)
         _check_fraction("slow_quantile", slow_quantile, low_open=True, high_open=True)
         for name, value in (("min_samples", min_samples), ("window", window),
                             ("max_operations", max_operations)):
@@ -296,14 +295,37 @@ class TailSampler:
         slow = duration_ns > slow_ns[operations.codes]          # NaN (no threshold): False
         lucky = trace_randomness(np.asarray(columns["trace_id"])[first]) < self.keep_below_
         reason = np.select([error, slow, lucky], [_ERROR, _SLOW, _PROBABILISTIC], _DROPPED)
+        if self.rate_limit_per_s is not None:
+            self._rate_limit(reason, roots["service"])
 
         self.durations_.add(keys, operations, duration_ns)
         self.traces_seen_ += traces.n_groups
         self.reason_counts_ += np.bincount(reason, minlength=len(SAMPLE_REASONS))
         span_reason = reason[traces.codes]
-        out["sampled"] = span_reason != _DROPPED
+        out["sampled"] = (span_reason != _DROPPED) & (span_reason != _RATE_LIMITED)
         out["sample_reason"] = _REASON_NAMES[span_reason]
         return out
+
+    def _rate_limit(self, reason: np.ndarray, service: np.ndarray) -> None:
+        """Turn the slow and probabilistic traces over each root service's token bucket into
+        ``_RATE_LIMITED`` (in place), in batch order."""
+        limited = np.flatnonzero((reason == _SLOW) | (reason == _PROBABILISTIC))
+        if not len(limited):
+            return
+        now = self.clock()
+        rate = self.rate_limit_per_s
+        groups = _Grouping.of({"service": service[limited]}, ("service",))
+        rank = np.empty(len(limited), dtype=np.int64)
+        rank[groups.order] = np.arange(len(limited)) - np.repeat(groups.starts, groups.counts)
+        names = service[limited][groups.first_rows()].tolist()
+        allowed = np.empty(groups.n_groups, dtype=np.int64)
+        for g, name in enumerate(names):
+            tokens, at = self._buckets.get(name, (rate, now))
+            tokens = min(rate, tokens + (now - at) * rate)
+            allowed[g] = int(tokens)
+            self._buckets[name] = (tokens - min(int(tokens), int(groups.counts[g])), now)
+        over = rank >= allowed[groups.codes]
+        reason[limited[over]] = _RATE_LIMITED
 
     def threshold_ns(self, service: str, name: str) -> float | None:
         """The current slow threshold (ns) of an operation, or None while it has fewer than
@@ -320,7 +342,8 @@ class TailSampler:
         by_reason = dict(zip(SAMPLE_REASONS, self.reason_counts_.tolist()))
         rows = list(self.durations_.rows.values())
         return {"traces_seen": self.traces_seen_,
-                "traces_kept": self.traces_seen_ - by_reason["dropped"],
+                "traces_kept": (self.traces_seen_ - by_reason["dropped"]
+                                - by_reason["rate_limited"]),
                 "by_reason": by_reason,
                 "operations_tracked": len(rows),
                 "durations_held": int(self.durations_.filled[rows].sum())}

@@ -1,4 +1,8 @@
-"""``ray-sched serve``: an OTLP/HTTP and OTLP/gRPC receiver in front of :class:`OtlpPipeline`.
+"""``ray-sched serve``: OTLP/HTTP and OTLP/gRPC listeners in front of the data plane.
+
+Each processor of :class:`~ray_sched.otlp.pipeline.OtlpPipeline` runs a :class:`Receiver`
+on the same ports (SO_REUSEPORT), so that the kernel spreads the clients' connections
+over them.
 
 As the OTLP specification asks:
 
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import inspect
 import json
 import logging
 import signal as signals
@@ -85,22 +90,30 @@ def _http_body(message, json_wanted: bool) -> tuple[bytes, str]:
 
 
 class Receiver:
-    """The HTTP and gRPC listeners of one :class:`OtlpPipeline`.
+    """HTTP and gRPC listeners handing each request to ``pipeline.accept``.
 
     Args:
-        pipeline: where accepted requests go.
+        pipeline: where requests go: ``await pipeline.accept(signal, body, content_type,
+            content_encoding)`` and ``pipeline.config.max_body_bytes`` (an
+            :class:`~ray_sched.otlp.pipeline.Ingest`).
         host: the address to listen on (loopback unless told otherwise).
         http_port, grpc_port: 0 picks a free port; None turns that protocol off.
         auth_token: when set, requests must carry ``Authorization: Bearer <token>``.
+        reuse_port: share the ports with other receivers (SO_REUSEPORT).
+        stats: what ``GET /stats`` answers (a function, maybe async); default
+            ``pipeline.stats``.
     """
 
-    def __init__(self, pipeline: OtlpPipeline, *, host: str = DEFAULT_HOST,
+    def __init__(self, pipeline, *, host: str = DEFAULT_HOST,
                  http_port: int | None = DEFAULT_HTTP_PORT,
-                 grpc_port: int | None = DEFAULT_GRPC_PORT, auth_token: str | None = None):
+                 grpc_port: int | None = DEFAULT_GRPC_PORT, auth_token: str | None = None,
+                 reuse_port: bool = False, stats=None):
         self.pipeline = pipeline
         self.host = host
         self.http_port = http_port
         self.grpc_port = grpc_port
+        self.reuse_port = reuse_port
+        self._stats_of = stats or pipeline.stats
         self._token = auth_token
         self._runner: web.AppRunner | None = None
         self._grpc: grpc.aio.Server | None = None
@@ -144,7 +157,10 @@ class Receiver:
         """``GET /stats``: the pipeline's counts (requests, accepted, processed, pending, …)."""
         if not self._authorized(request.headers.get("Authorization")):
             return web.json_response({"message": "missing or wrong bearer token"}, status=401)
-        return web.json_response(self.pipeline.stats())
+        stats = self._stats_of()
+        if inspect.isawaitable(stats):
+            stats = await stats
+        return web.json_response(stats)
 
     # -- gRPC --------------------------------------------------------------------------
     def _grpc_handler(self, signal: str):
@@ -185,14 +201,16 @@ class Receiver:
             self._runner = web.AppRunner(app, access_log=None, auto_decompress=False,
                                          shutdown_timeout=SHUTDOWN_GRACE_S)
             await self._runner.setup()
-            site = web.TCPSite(self._runner, self.host, self.http_port, backlog=1024)
+            site = web.TCPSite(self._runner, self.host, self.http_port, backlog=1024,
+                               reuse_port=self.reuse_port or None)
             await site.start()
             port = site._server.sockets[0].getsockname()[1]
             self.http_port = port
             urls["http"] = f"http://{self.host}:{port}"
         if self.grpc_port is not None:
             limit = self.pipeline.config.max_body_bytes
-            self._grpc = grpc.aio.server(options=[("grpc.max_receive_message_length", limit)])
+            self._grpc = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
+                                                  ("grpc.so_reuseport", int(self.reuse_port))])
             self._grpc.add_generic_rpc_handlers(self._grpc_services())
             port = self._grpc.add_insecure_port(f"{self.host}:{self.grpc_port}")
             await self._grpc.start()
@@ -214,7 +232,7 @@ async def serve(config: PipelineConfig, *, host: str = DEFAULT_HOST,
                 http_port: int | None = DEFAULT_HTTP_PORT,
                 grpc_port: int | None = DEFAULT_GRPC_PORT, auth_token: str | None = None,
                 stop: asyncio.Event | None = None, out=sys.stdout) -> dict:
-    """Run the receiver until ``stop`` is set (or SIGTERM/SIGINT), then drain.
+    """Run the data plane until ``stop`` is set (or SIGTERM/SIGINT), then drain.
 
     Returns:
         the pipeline's counts and the rows written per table.
@@ -222,10 +240,8 @@ async def serve(config: PipelineConfig, *, host: str = DEFAULT_HOST,
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
     pipeline = await loop.run_in_executor(None, OtlpPipeline, config)
-    receiver = Receiver(pipeline, host=host, http_port=http_port, grpc_port=grpc_port,
-                        auth_token=auth_token)
     try:
-        urls = await receiver.start()
+        urls = await pipeline.listen(host, http_port, grpc_port, auth_token)
         for sig in (signals.SIGTERM, signals.SIGINT):
             try:
                 loop.add_signal_handler(sig, stop.set)
@@ -233,12 +249,12 @@ async def serve(config: PipelineConfig, *, host: str = DEFAULT_HOST,
                 pass
         for protocol, url in urls.items():
             print(f"OTLP/{protocol.upper()} listening on {url}", file=out, flush=True)
-        print(f"exporting to {config.export_dir}", file=out, flush=True)
+        print(f"exporting to {config.export_dir} ({len(pipeline.processors)} processors)",
+              file=out, flush=True)
         await stop.wait()
         print("draining: finishing every accepted request", file=out, flush=True)
-        await receiver.stop()
         written = await pipeline.drain()
-        result = {**pipeline.stats(), "rows_written": written}
+        result = {**await pipeline.stats(), "rows_written": written}
         print(f"drained: {json.dumps(result)}", file=out, flush=True)
         return result
     finally:
