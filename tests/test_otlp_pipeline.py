@@ -1,7 +1,10 @@
 """The pipeline's pure parts without Ray: real payloads through decode → assembly → sampling
-→ export, the Parquet sink, the aggregator, admission limits, the synthetic generator."""
+→ export, the Parquet sink, the aggregator, admission limits, micro-batch decoding, the
+synthetic generator."""
 
 from __future__ import annotations
+
+import gzip
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -10,7 +13,7 @@ import pytest
 from ray_sched.errors import ConfigError, OverloadedError
 from ray_sched.otlp.decode import decode_request, read_payload_file
 from ray_sched.otlp.export import TABLES, ParquetSink
-from ray_sched.otlp.pipeline import Aggregator, OtlpPipeline, PipelineConfig
+from ray_sched.otlp.pipeline import Aggregator, Ingest, PipelineConfig, decode_batch
 from ray_sched.otlp.processing import TailSampler, span_metrics_partial
 from ray_sched.otlp.schema import (
     ASSEMBLY_FIELDS,
@@ -29,7 +32,7 @@ OTLP_DATA = SHARED / "data" / "otlp"
 
 
 def process(decoded):
-    """What OtlpProcessor.traces does, minus the actor: assemble, sample, tabulate."""
+    """What a TraceProcessor does to a decided trace: assemble, sample, tabulate."""
     assembled = assemble(decoded.columns)
     decided = TailSampler(probability=0.0).decide(assembled)
     return to_table(decided, SPAN_FIELDS, ASSEMBLY_FIELDS, SAMPLING_FIELDS).to_pandas()
@@ -116,22 +119,22 @@ def test_aggregator_merges_partials_of_several_processors_into_one_window(tmp_pa
     assert not rows.duplicated(["service", "operation", "span_kind"]).any()
 
 
-@pytest.mark.parametrize("name,value", [("decoders", 0), ("sample_probability", 1.5),
+@pytest.mark.parametrize("name,value", [("processors", 0), ("sample_probability", 1.5),
                                         ("memory_limit", 0), ("max_depth", 0),
-                                        ("max_pending_requests", 0)])
+                                        ("max_pending_requests", 0), ("decision_wait_s", -1),
+                                        ("max_traces", 0), ("rate_limit_per_s", 0),
+                                        ("on_max_depth", "explode"), ("memory_limit_mib", 0),
+                                        ("batch_bytes", 0)])
 def test_pipeline_config_refuses_bad_values_by_name(name, value):
     with pytest.raises(ConfigError, match=name):
         PipelineConfig(export_dir="x", **{name: value})
 
 
 def admission(**config):
-    """An OtlpPipeline with only its admission state (no Ray): _admit is pure."""
-    pipeline = OtlpPipeline.__new__(OtlpPipeline)
-    pipeline.config = PipelineConfig(export_dir="x", **config)
-    pipeline.pending_requests = pipeline.pending_bytes = 0
-    pipeline.closing = False
-    pipeline._memory_checked = pipeline._memory_used = 0.0
-    return pipeline
+    """A processor's Ingest with only its admission state: _admit needs no Ray."""
+    async def handoff(batch):
+        raise AssertionError("not reached")
+    return Ingest(PipelineConfig(export_dir="x", **config), handoff)
 
 
 def test_admission_refuses_with_429_when_the_queue_is_full():
@@ -144,6 +147,18 @@ def test_admission_refuses_with_429_when_the_queue_is_full():
     pipeline.pending_requests = 0
     with pytest.raises(OverloadedError, match="max_pending_bytes=1000"):
         pipeline._admit(1001)
+
+
+def test_admission_refuses_with_503_over_this_processors_share_of_memory_limit_mib():
+    pipeline = admission(memory_limit_mib=100)
+    pipeline.memory_share = 0.5
+    pipeline._memory_checked = float("inf")
+    pipeline._memory_mib = 60.0
+    with pytest.raises(OverloadedError, match="memory_limit_mib=100") as error:
+        pipeline._admit(1)
+    assert error.value.http_status == 503 and error.value.retry_after_s > 0
+    pipeline._memory_mib = 40.0
+    pipeline._admit(1)
 
 
 def test_admission_refuses_with_503_over_the_memory_limit_and_when_closing():
@@ -161,9 +176,9 @@ def test_admission_refuses_with_503_over_the_memory_limit_and_when_closing():
 
 
 def test_content_type_check_ignores_parameters_and_case():
-    assert OtlpPipeline.check_content_type("Application/JSON; charset=utf-8") == \
+    assert Ingest.check_content_type("Application/JSON; charset=utf-8") == \
         "application/json"
-    assert OtlpPipeline.check_content_type("application/x-protobuf") == \
+    assert Ingest.check_content_type("application/x-protobuf") == \
         "application/x-protobuf"
 
 
@@ -181,19 +196,33 @@ def test_serve_refuses_to_listen_on_nothing(capsys):
     assert "nothing would listen" in capsys.readouterr().err
 
 
-def test_decoder_gives_the_task_features_of_its_payload_including_the_deepest_tree():
-    from ray_sched.otlp.pipeline import Decoder
-    body = trace_request(512, seed=9).SerializeToString()
-    summary, columns = Decoder().decode("traces", body, "application/x-protobuf", None, 1 << 22)
-    features = summary["features"]
-    assert features["items"] == 512 and features["traces"] == 512 // SPANS_PER_TRACE
-    assert features["deepest_tree"] == columns["trace_depth"].max() + 1 >= 3
-    assert features["signal"] == "traces" and features["body_bytes"] == len(body)
-    assert features["services"] > 1 and features["attributes"] > 512
+def test_a_micro_batch_decodes_every_kind_of_request_and_refuses_each_bad_one_alone():
+    traces_body = trace_request(512, seed=9).SerializeToString()
+    json_body = real_file("opentelemetry-proto", "trace.json").read_bytes()
+    metrics_body = real_file("opentelemetry-proto", "metrics.protobuf-bin").read_bytes()
+    items = [("traces", traces_body, "application/x-protobuf", None),
+             ("traces", b"\xff\x00junk", "application/x-protobuf", None),
+             ("traces", gzip.compress(traces_body), "application/x-protobuf", "gzip"),
+             ("traces", json_body, "application/json", None),
+             ("metrics", metrics_body, "application/x-protobuf", None),
+             ("logs", b"\xff\x00junk", "application/x-protobuf", None),
+             ("traces", traces_body, "application/x-protobuf", "br")]
+    batch = decode_batch(items, max_body_bytes=1 << 22)
+    results = batch.results
+    assert results[0] == {"accepted": 512, "rejected": 0, "message": ""} == results[2]
+    assert results[1]["error"] == "InvalidPayloadError" == results[5]["error"]
+    assert results[3]["accepted"] == decode_request(
+        "traces", json_body, "application/json").accepted > 0
+    assert results[4]["accepted"] > 0 and len(batch.metrics) == 1 and not batch.logs
+    assert results[6]["error"] == "UnsupportedMediaTypeError"
+    assert batch.spans.num_rows == 2 * 512 + results[3]["accepted"]
 
 
-def test_decoder_answers_a_refusal_instead_of_raising():
-    from ray_sched.otlp.pipeline import Decoder
-    summary, columns = Decoder().decode("logs", b"\xff\x00junk", "application/x-protobuf",
-                                        None, 1 << 20)
-    assert columns is None and summary["error"] == "InvalidPayloadError"
+def test_a_micro_batch_keeps_a_partial_success_with_its_messages():
+    request = trace_request(16, seed=3)
+    request.resource_spans[0].scope_spans[0].spans[0].span_id = b"\x01\x02"
+    batch = decode_batch([("traces", request.SerializeToString(), "application/x-protobuf",
+                           None)])
+    result = batch.results[0]
+    assert result["accepted"] == 15 and result["rejected"] == 1
+    assert "spanId" in result["message"] and batch.spans.num_rows == 15

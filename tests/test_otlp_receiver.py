@@ -19,7 +19,7 @@ from ray_sched.errors import (
     PayloadTooLargeError,
     UnsupportedMediaTypeError,
 )
-from ray_sched.otlp.pipeline import OtlpPipeline
+from ray_sched.otlp.pipeline import Ingest
 from ray_sched.otlp.receiver import Receiver
 
 pytestmark = pytest.mark.unit
@@ -31,7 +31,7 @@ class FakeConfig:
 
 
 class FakePipeline:
-    """Answers like OtlpPipeline.accept: a summary, or the error it was told to raise."""
+    """Answers like Ingest.accept: a summary, or the error it was told to raise."""
 
     def __init__(self, error: Exception | None = None, rejected: int = 0):
         self.config = FakeConfig()
@@ -44,7 +44,7 @@ class FakePipeline:
 
     async def accept(self, signal, body, content_type, content_encoding=None):
         self.calls.append((signal, body, content_type, content_encoding))
-        OtlpPipeline.check_content_type(content_type)
+        Ingest.check_content_type(content_type)
         if self.error is not None:
             raise self.error
         return {"accepted": 3, "rejected": self.rejected,

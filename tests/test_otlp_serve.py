@@ -4,7 +4,8 @@ and every span, point and record sent must be in the export dir exactly once, an
 kept span forwarded once to the ``--forward`` endpoint.
 
 One server process for the module (a Ray start costs ~20 s on 2 cores); the tests add to
-what it was sent, and the last one stops it and counts the rows.
+what it was sent, and the last one stops it and counts the rows. Two processors, so that traces whose spans
+come in different requests (or protocols) must be brought together.
 """
 
 from __future__ import annotations
@@ -84,9 +85,9 @@ class Server:
         self.output: list[str] = []
         self.sent = {"spans": {}, "points": {}, "records": {}}  # service -> count
         command = [sys.executable, "-m", "ray_sched.cli", "serve", "--export-dir",
-                   str(export_dir), "--http-port", "0", "--grpc-port", "0", "--slots", "4",
-                   "--model-dir", str(export_dir.parent / "models"), "--fresh",
-                   "--max-body-bytes", str(MAX_BODY_BYTES), "--forward", forward_url]
+                   str(export_dir), "--http-port", "0", "--grpc-port", "0", "--processors",
+                   "2", "--decision-wait-s", "1", "--max-body-bytes", str(MAX_BODY_BYTES),
+                   "--forward", forward_url]
         self.process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True)
         threading.Thread(target=self._read, daemon=True).start()
@@ -191,6 +192,33 @@ def test_sdk_grpc_exporter_traces_are_accepted(server):
     sent = send_nested_traces(GrpcSpans(endpoint=server.grpc, insecure=True), "sdk-grpc")
     assert sent == 40 * 10
     server.sent["spans"]["sdk-grpc"] = sent
+
+
+def test_a_trace_exported_in_parts_by_two_services_over_http_and_grpc_is_one_trace(server):
+    """Each service's SDK exports its own spans of the same traces, one over HTTP and one
+    over gRPC (different requests, listeners and protocols): they must meet."""
+    from opentelemetry.trace import set_span_in_context
+
+    providers, counters = {}, {}
+    for service, exporter in (("split-http", HttpSpans(endpoint=f"{server.http}/v1/traces")),
+                              ("split-grpc", GrpcSpans(endpoint=server.grpc, insecure=True))):
+        counters[service] = CountingSpans(exporter)
+        providers[service] = TracerProvider(resource=Resource.create({"service.name": service}))
+        providers[service].add_span_processor(BatchSpanProcessor(counters[service]))
+    front = providers["split-http"].get_tracer("t")
+    back = providers["split-grpc"].get_tracer("t")
+    for t in range(12):
+        with front.start_as_current_span("GET /split") as root:
+            with back.start_as_current_span("rpc", context=set_span_in_context(root)) as rpc:
+                with front.start_as_current_span("callback",
+                                                 context=set_span_in_context(rpc)) as leaf:
+                    if t % 4 == 0:
+                        leaf.set_status(Status(StatusCode.ERROR, "deep failure"))
+    for service, provider in providers.items():
+        assert provider.force_flush(30_000)
+        provider.shutdown()
+        server.sent["spans"][service] = counters[service].exported
+    assert counters["split-http"].exported == 24 and counters["split-grpc"].exported == 12
 
 
 class CountingMetrics(MetricExporter):
@@ -374,6 +402,17 @@ def test_sigterm_drains_and_every_item_sent_is_exported_exactly_once(server):
     assert sdk["trace_depth"].max() == 3 and sdk.groupby("trace_id").size().eq(10).all()
     assert sdk.loc[sdk["trace_error"], "sampled"].all()  # error traces always kept
     assert (spans["service"] == "frontend").sum() == 13  # the HotROD trace's frontend spans
+    split = spans[spans["service"].isin(["split-http", "split-grpc"])]
+    assert len(split) == 36 and not split["orphan"].any()
+    assert split["trace_spans"].eq(3).all() and split["trace_depth"].eq(2).all()
+    assert split.groupby("trace_id")["sample_reason"].nunique().eq(1).all()
+    failed = split[split["trace_error"]]
+    assert failed["trace_id"].nunique() == 3 and failed["sampled"].all()
+    assert (failed["root_service"] == "split-http").all()
+    traces = pd.read_parquet(server.export_dir / "traces")
+    assert not traces["trace_id"].duplicated().any()
+    assert set(split["trace_id"]) <= set(traces["trace_id"])
+    assert traces.set_index("trace_id").loc[list(set(split["trace_id"])), "spans"].eq(3).all()
     deep = spans[spans["service"] == "deep"]
     assert deep["trace_depth_exceeded"].all() and deep["trace_depth"].max() == DEEP_CHAIN - 1
     metrics = pd.read_parquet(server.export_dir / "metrics")

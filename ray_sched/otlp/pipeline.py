@@ -49,6 +49,7 @@ import numpy as np
 import psutil
 import pyarrow as pa
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ray_sched.errors import (
     ConfigError,
@@ -746,7 +747,7 @@ class OtlpPipeline:
         self.config = config
         self._owns_ray = ensure_ray(config.processors, config.address)
         here = ray.get_runtime_context().get_node_id()
-        pinned = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(here, soft=True)
+        pinned = NodeAffinitySchedulingStrategy(here, soft=True)
         export_dir = str(Path(config.export_dir).resolve())
         count = config.processors or max(1, int(ray.cluster_resources().get("CPU", 1)))
         prefix = f"ray_sched-otlp-{uuid.uuid4().hex[:12]}"
@@ -756,8 +757,13 @@ class OtlpPipeline:
             name=names["aggregator"], scheduling_strategy=pinned).remote(
             export_dir, config.flush_interval_s, config.metrics_window_s)
         settings = {**dataclasses.asdict(config), "export_dir": export_dir}
+        # Processor i on node i mod nodes, this one first: spread over the cluster.
+        nodes = [here] + sorted(n["NodeID"] for n in ray.nodes()
+                                if n["Alive"] and n["NodeID"] != here
+                                and n.get("Resources", {}).get("CPU", 0) > 0)
         self.processors = [ProcessorActor.options(
-            name=name, scheduling_strategy="SPREAD").remote(index, count, names, settings)
+            name=name, scheduling_strategy=NodeAffinitySchedulingStrategy(
+                nodes[index % len(nodes)], soft=True)).remote(index, count, names, settings)
             for index, name in enumerate(names["processors"])]
         ray.get([actor.__ray_ready__.remote() for actor in [self.aggregator, *self.processors]],
                 timeout=120)
