@@ -1,70 +1,104 @@
-"""OTLP pipeline benchmark: spans per second end to end through ``ray-sched serve``.
+"""OTLP benchmark: ``ray-sched serve`` under the load generator our Collector figures were
+measured with (``../shared/tools/otlp_load.py``: 4 threads, 512-span protobuf requests of
+nested traces over 8 services, 5% error traces, fresh trace ids per request).
 
-Protobuf over HTTP, requests of 512 spans of nested traces (ray_sched.otlp.synthetic),
-sent by concurrent clients to a ``ray-sched serve`` process on this machine; the clock
-stops when the receiver reports every span processed (span-tree assembly, tail
-sampling, span metrics, in the exporter). Beside it, in the same run: the bare
-``ExportTraceServiceRequest.ParseFromString`` rate of the same payloads (the ceiling
-for Python) and our decode-to-columns rate. Then SIGTERM, and the rows in the export
-dir are counted against the spans sent.
+    .venv/bin/python benchmarks/otlp.py [--duration 20] [--processors N] [--cluster]
 
-    .venv/bin/python benchmarks/otlp.py [--requests 600] [--concurrency 8] [--slots 2]
+Phases, on one ``serve`` (defaults: whole-trace tail sampling, decision wait 2 s):
 
-Writes benchmarks/results/<date>/otlp/{report.md,summary.json}. The target is the
-OpenTelemetry Collector's published 2-CPU figure, 24,000 spans/s.
+1. bare rates of the same payloads in this process: ``FromString`` (a ceiling no reader
+   of the spans reaches), the reference decoder and the columnar one;
+2. half rate: for 10 s, requests paced at half the rate measured in a 5 s probe, to read
+   the p99 request latency below saturation;
+3. full rate: ``otlp_load.py`` for ``--duration`` seconds; accepted spans/s is its own
+   figure; CPU seconds of every process but the load generator are sampled meanwhile;
+4. SIGTERM: the drain decides every waiting trace and writes it; then every row of
+   ``spans/`` is counted (each accepted span exactly once) and ``traces/`` too.
+
+End to end = rows the full-rate phase landed / (its load time + the drain time). With
+``--cluster``, serve joins a 2-node ``ray.cluster_utils`` cluster (processors on both
+nodes). Compared with the OpenTelemetry Collector measured on this machine type under the
+same load (the figures below); never with figures published for other hardware.
+
+Writes benchmarks/results/<date>/otlp[-cluster]/{report.md,summary.json}.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime
+import http.client
+import importlib.util
 import json
 import queue
+import random
 import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
-import aiohttp
-import pandas as pd
+import psutil
+import pyarrow.parquet as pq
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+LOAD_TOOL = REPO.parent / "shared" / "tools" / "otlp_load.py"
 
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (  # noqa: E402
-    ExportTraceServiceRequest,
-)
-
-from ray_sched.otlp.decode import decode_request  # noqa: E402
-from ray_sched.otlp.synthetic import trace_request  # noqa: E402
-
-COLLECTOR_2CPU_SPANS_S = 24_000
-SPANS_PER_REQUEST = 512
-WARMUP_REQUESTS = 40
+#: The OpenTelemetry Collector on this 2-core machine type, under this same load.
+COLLECTOR = {"batch": {"spans_s": 295_000, "p99_ms": 20},
+             "tail_sampling": {"spans_s": 116_000, "p99_ms": 111}}
+PROBE_S = 5.0
+HALF_RATE_S = 10.0
 
 
-def bare_rates(payloads: list[bytes], spans: int) -> dict:
-    """Single-process decode rates of the same payloads: protobuf alone, and ours."""
-    start = time.perf_counter()
-    for body in payloads:
-        ExportTraceServiceRequest.FromString(body)
-    parse_s = time.perf_counter() - start
-    start = time.perf_counter()
-    for body in payloads:
-        decode_request("traces", body, "application/x-protobuf")
-    decode_s = time.perf_counter() - start
-    return {"parse_spans_s": spans / parse_s, "decode_spans_s": spans / decode_s}
+def load_module():
+    if not LOAD_TOOL.exists():
+        sys.exit(f"{LOAD_TOOL} is not here: the benchmark drives serve with it")
+    spec = importlib.util.spec_from_file_location("otlp_load", LOAD_TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-class ServeProcess:
-    def __init__(self, export_dir: Path, slots: int):
+def bare_rates(load) -> dict:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    from ray_sched.otlp.columnar import decode_traces
+    from ray_sched.otlp.decode import decode_request
+
+    rng = random.Random(7)
+    bodies = [load.build_request(rng, 512, time.time_ns())[0] for _ in range(16)]
+    spans = 16 * 512
+
+    def rate(run) -> float:
+        run()                                             # warm
+        start = time.perf_counter()
+        run()
+        return spans / (time.perf_counter() - start)
+
+    return {
+        "parse_spans_s": rate(lambda: [ExportTraceServiceRequest.FromString(b)
+                                       for b in bodies]),
+        "reference_decode_spans_s": rate(lambda: [
+            decode_request("traces", b, "application/x-protobuf") for b in bodies]),
+        "columnar_decode_spans_s": rate(lambda: [decode_traces(bodies[i:i + 4])
+                                                 for i in range(0, 16, 4)]),
+    }
+
+
+class Serve:
+    """A ``ray-sched serve`` subprocess on free ports."""
+
+    def __init__(self, export_dir: Path, extra: list[str]):
         command = [sys.executable, "-m", "ray_sched.cli", "serve", "--export-dir",
-                   str(export_dir), "--http-port", "0", "--no-grpc", "--slots", str(slots),
-                   "--model-dir", str(export_dir.parent / "models"), "--fresh"]
+                   str(export_dir), "--http-port", "0", "--grpc-port", "0", *extra]
         self.process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True)
         self.lines: queue.Queue = queue.Queue()
@@ -88,129 +122,204 @@ class ServeProcess:
         self.output.append(line)
         return line
 
+    def stats(self) -> dict:
+        with urllib.request.urlopen(f"{self.url}/stats", timeout=30) as response:
+            return json.load(response)
+
     def drain(self) -> dict:
         self.process.send_signal(signal.SIGTERM)
         while True:
-            line = self.next_line(300)
+            line = self.next_line(600)
             if line.startswith("drained: "):
-                result = json.loads(line[len("drained: "):])
                 self.process.wait(120)
-                return result
+                return json.loads(line[len("drained: "):])
 
 
-async def send_all(url: str, payloads: list[bytes], concurrency: int) -> dict:
-    """POST every payload with ``concurrency`` clients; honour 429/503 Retry-After."""
-    pending = list(reversed(payloads))
-    counts = {"ok": 0, "retried": 0, "failed": 0}
-    headers = {"Content-Type": "application/x-protobuf"}
-
-    async def client(session: aiohttp.ClientSession):
-        while pending:
-            body = pending.pop()
-            while True:
-                async with session.post(f"{url}/v1/traces", data=body,
-                                        headers=headers) as response:
-                    await response.read()
-                    if response.status == 200:
-                        counts["ok"] += 1
-                        break
-                    if response.status in (429, 503):
-                        counts["retried"] += 1
-                        await asyncio.sleep(float(response.headers.get("Retry-After", 1)))
-                        continue
-                    counts["failed"] += 1
-                    break
-
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        await asyncio.gather(*(client(session) for _ in range(concurrency)))
-    return counts
+def run_load(url: str, seconds: float, threads: int = 4) -> dict:
+    done = subprocess.run([sys.executable, str(LOAD_TOOL), "--url", f"{url}/v1/traces",
+                           "--threads", str(threads), "--duration", str(seconds)],
+                          capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)
 
 
-async def wait_processed(url: str, expected_spans: int, timeout_s: float = 600) -> float:
-    """Poll ``/stats`` until every span sent is processed; returns when that happened."""
-    deadline = time.monotonic() + timeout_s
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            async with session.get(f"{url}/stats") as response:
-                stats = await response.json()
-            if stats["processed"] + stats["lost"] >= expected_spans:
-                return time.perf_counter()
-            await asyncio.sleep(0.02)
-    raise TimeoutError(f"not every span was processed in {timeout_s} s: {stats}")
+def paced(load, url: str, requests_per_s: float, seconds: float, threads: int = 4) -> dict:
+    """Requests at a fixed rate (a schedule shared by ``threads`` keep-alive clients), each
+    with fresh trace ids; latencies of the 200s."""
+    rng = random.Random(3)
+    built = [load.build_request(rng, 512, time.time_ns()) for _ in range(16)]
+    bodies = [(body, load.id_offsets(body, ids)) for body, ids in built]
+    parts = urllib.parse.urlsplit(url)
+    start = time.perf_counter() + 0.2
+    total = int(requests_per_s * seconds)
+    slots = iter(range(total))
+    lock = threading.Lock()
+    latencies, statuses = [], {}
+
+    def client():
+        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+        while True:
+            with lock:
+                n = next(slots, None)
+            if n is None:
+                break
+            time.sleep(max(0.0, start + n / requests_per_s - time.perf_counter()))
+            body = fresh_ids(*bodies[n % len(bodies)], n)
+            sent = time.perf_counter()
+            connection.request("POST", "/v1/traces", body=body,
+                               headers={"Content-Type": "application/x-protobuf"})
+            response = connection.getresponse()
+            response.read()
+            with lock:
+                statuses[response.status] = statuses.get(response.status, 0) + 1
+                if response.status == 200:
+                    latencies.append(time.perf_counter() - sent)
+        connection.close()
+
+    workers = [threading.Thread(target=client) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    latencies.sort()
+
+    def quantile(q):
+        return round(1000 * latencies[min(len(latencies) - 1, int(q * len(latencies)))], 2)
+
+    return {"requests_per_s": requests_per_s, "requests": total, "status_counts": statuses,
+            "latency_ms": {"p50": quantile(0.5), "p99": quantile(0.99),
+                           "max": quantile(1.0)}}
+
+
+def fresh_ids(body: bytes, offsets: list[list[int]], n: int) -> bytes:
+    """The same request with new trace ids (as otlp_load.py makes them: the first 10 bytes
+    of each id replaced by a tag of this request)."""
+    patched = bytearray(body)
+    tag = b"\x5e\xed" + n.to_bytes(6, "big")
+    for index, places in enumerate(offsets):
+        new = tag + index.to_bytes(2, "big")
+        for place in places:
+            patched[place:place + 10] = new
+    return bytes(patched)
+
+
+def cpu_seconds(exclude: set[int]) -> dict[int, float]:
+    """CPU seconds so far of every process on the machine but ``exclude``."""
+    seconds = {}
+    for process in psutil.process_iter():
+        if process.pid in exclude:
+            continue
+        try:
+            times = process.cpu_times()
+            seconds[process.pid] = times.user + times.system
+        except psutil.Error:
+            pass
+    return seconds
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=600)
-    parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--slots", type=int, default=2)
+    parser.add_argument("--duration", type=float, default=20.0)
+    parser.add_argument("--processors", type=int, default=None)
+    parser.add_argument("--cluster", action="store_true",
+                        help="serve joins a 2-node ray.cluster_utils cluster")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
-
+    load = load_module()
+    name = "otlp-cluster" if args.cluster else "otlp"
     out = Path(args.out or REPO / "benchmarks" / "results" / datetime.date.today().isoformat()
-               / "otlp")
+               / name)
     export_dir = out / "export"
     shutil.rmtree(export_dir, ignore_errors=True)
-    shutil.rmtree(out / "models", ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
 
-    print(f"generating {args.requests + WARMUP_REQUESTS} requests of {SPANS_PER_REQUEST} spans")
-    payloads = [trace_request(SPANS_PER_REQUEST, seed=i).SerializeToString()
-                for i in range(args.requests + WARMUP_REQUESTS)]
-    warmup, timed = payloads[:WARMUP_REQUESTS], payloads[WARMUP_REQUESTS:]
-    timed_spans = len(timed) * SPANS_PER_REQUEST
-    rates = bare_rates(timed, timed_spans)
-    print(f"bare ParseFromString: {rates['parse_spans_s']:,.0f} spans/s; "
-          f"decode to columns: {rates['decode_spans_s']:,.0f} spans/s")
+    rates = bare_rates(load)
+    print(f"bare rates: {json.dumps({k: round(v) for k, v in rates.items()})}", flush=True)
+    extra = ["--processors", str(args.processors)] if args.processors else []
+    cluster = None
+    if args.cluster:
+        from ray.cluster_utils import Cluster
 
-    server = ServeProcess(export_dir, args.slots)
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        extra += ["--address", cluster.address]
+    server = Serve(export_dir, extra)
     try:
-        asyncio.run(send_all(server.url, warmup, args.concurrency))
-        asyncio.run(wait_processed(server.url, len(warmup) * SPANS_PER_REQUEST))
-        start = time.perf_counter()
-        counts = asyncio.run(send_all(server.url, timed, args.concurrency))
-        answered = time.perf_counter()
-        done = asyncio.run(wait_processed(server.url, len(payloads) * SPANS_PER_REQUEST))
+        probe = run_load(server.url, PROBE_S)
+        half_rate = probe["requests_per_s"] / 2
+        half = paced(load, server.url, half_rate, HALF_RATE_S)
+        print(f"half rate ({half_rate:.1f} requests/s): {json.dumps(half)}", flush=True)
+        before = server.stats()
+        me = {psutil.Process().pid}
+        cpu_before = cpu_seconds(me)
+        full = run_load(server.url, args.duration)
+        cpu_after = cpu_seconds(me)
+        load_end = time.perf_counter()
+        print(f"full rate: {json.dumps(full)}", flush=True)
+        stats = server.stats()
         drained = server.drain()
+        drain_s = time.perf_counter() - load_end
     finally:
         if server.process.poll() is None:
             server.process.kill()
-    e2e = timed_spans / (done - start)
-    rows = len(pd.read_parquet(export_dir / "spans", columns=["span_id"]))
+        if cluster is not None:
+            cluster.shutdown()
+    spans = pq.read_table(export_dir / "spans", columns=["trace_id", "span_id"])
+    unique = spans.group_by(["trace_id", "span_id"]).aggregate([]).num_rows
+    traces = pq.read_table(export_dir / "traces", columns=["trace_id"]).num_rows
+    accepted_all = drained["accepted"]
+    full_spans = accepted_all - before["accepted"]
+    serve_cpu_s = sum(cpu_after.get(pid, 0) - cpu_before.get(pid, 0) for pid in cpu_after)
     summary = {
-        "requests": len(timed), "spans": timed_spans, "concurrency": args.concurrency,
-        "slots": args.slots, "end_to_end_spans_s": e2e,
-        "accept_spans_s": timed_spans / (answered - start),
-        **rates, "ratio_to_bare_parse": e2e / rates["parse_spans_s"],
-        "collector_2cpu_spans_s": COLLECTOR_2CPU_SPANS_S,
-        "ratio_to_collector": e2e / COLLECTOR_2CPU_SPANS_S,
-        "retried_429_503": counts["retried"], "failed": counts["failed"],
-        "rows_exported": rows, "spans_sent": len(payloads) * SPANS_PER_REQUEST,
-        "drained": drained,
+        "duration_s": args.duration, "processors": stats["processors"],
+        "processor_nodes": stats["processor_nodes"], "bare": rates,
+        "probe": probe, "half_rate": half, "full_rate": full,
+        "accepted_spans_s": full["accepted_spans_per_s"],
+        "end_to_end_spans_s": full_spans / (full["wall_s"] + drain_s),
+        "drain_s": drain_s, "accepted_spans_total": accepted_all,
+        "rows_in_spans": spans.num_rows, "distinct_spans_in_spans": unique,
+        "every_accepted_span_landed_once": spans.num_rows == unique == accepted_all,
+        "rows_in_traces": traces, "traces_decided": drained["traces_decided"],
+        "cpu_s_per_million_spans": serve_cpu_s / full_spans * 1e6,
+        "sampler": drained["sampler"], "collector": COLLECTOR,
+        "ratio_to_collector_tail_sampling":
+            full["accepted_spans_per_s"] / COLLECTOR["tail_sampling"]["spans_s"],
+        "ratio_to_collector_batch":
+            full["accepted_spans_per_s"] / COLLECTOR["batch"]["spans_s"],
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    verdict = "met" if e2e >= COLLECTOR_2CPU_SPANS_S else "NOT met"
-    report = f"""# OTLP pipeline benchmark ({datetime.date.today().isoformat()})
+    command = "benchmarks/otlp.py" + (" --cluster" if args.cluster else "") + (
+        f" --processors {args.processors}" if args.processors else "")
+    report = f"""# OTLP benchmark ({datetime.date.today().isoformat()})
 
-Command: `.venv/bin/python benchmarks/otlp.py --requests {args.requests} --concurrency \
-{args.concurrency} --slots {args.slots}`
+Command: `.venv/bin/python {command} --duration {args.duration:g}`; {stats['processors']}
+processors on {stats['processor_nodes']} node(s).
 
-| measure | value |
-|---|---|
-| end to end through `ray-sched serve` (protobuf/HTTP, {SPANS_PER_REQUEST}-span requests) | \
-**{e2e:,.0f} spans/s** |
-| accepted (answered 200) | {summary['accept_spans_s']:,.0f} spans/s |
-| bare `ParseFromString`, same payloads, one process | {rates['parse_spans_s']:,.0f} spans/s |
-| our decode to columns, one process | {rates['decode_spans_s']:,.0f} spans/s |
-| end to end / bare parse | {summary['ratio_to_bare_parse']:.3f} |
-| end to end / Collector 2-CPU figure (24,000) | {summary['ratio_to_collector']:.2f}x ({verdict}) |
-| requests refused with 429/503 and retried | {counts['retried']} |
-| spans sent / rows in `spans/` | {summary['spans_sent']:,} / {rows:,} |
+| measure | ray-sched serve | Collector, tail sampling | Collector, batch |
+|---|---|---|---|
+| accepted spans/s (otlp_load, 4 threads) | {full['accepted_spans_per_s']:,.0f} | \
+{COLLECTOR['tail_sampling']['spans_s']:,} | {COLLECTOR['batch']['spans_s']:,} |
+| end to end spans/s (rows / (load + drain)) | {summary['end_to_end_spans_s']:,.0f} | | |
+| p99 request latency at full rate | {full['latency_ms']['p99']} ms | \
+{COLLECTOR['tail_sampling']['p99_ms']} ms | {COLLECTOR['batch']['p99_ms']} ms |
+| p99 at half rate ({half_rate:.0f} requests/s) | {half['latency_ms']['p99']} ms | | |
+| CPU s per million spans (all but the load generator) | \
+{summary['cpu_s_per_million_spans']:.1f} | | |
+
+- Every accepted span landed exactly once: {summary['every_accepted_span_landed_once']} \
+({spans.num_rows:,} rows, {unique:,} distinct, {accepted_all:,} accepted); \
+{traces:,} rows in `traces/`.
+- Ratio to the Collector's tail-sampling pipeline: \
+{summary['ratio_to_collector_tail_sampling']:.2f}x; to its batch pipeline: \
+{summary['ratio_to_collector_batch']:.2f}x.
+- Bare rates in one process: FromString {rates['parse_spans_s']:,.0f} spans/s, reference \
+decode {rates['reference_decode_spans_s']:,.0f}, columnar decode \
+{rates['columnar_decode_spans_s']:,.0f}.
+- Sampling: {json.dumps(drained['sampler']['by_reason'])}.
 """
     (out / "report.md").write_text(report)
     print(report)
-    return 0 if rows == summary["spans_sent"] and counts["failed"] == 0 else 1
+    return 0
 
 
 if __name__ == "__main__":

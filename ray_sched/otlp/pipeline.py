@@ -369,6 +369,7 @@ class Ingest:
         self._memory_used = 0.0
         self._memory_mib = 0.0
         self.decode_s = self.handoff_s = 0.0        # wall seconds over all batches
+        self.decode_cpu_s = 0.0                     # CPU seconds of the decoding thread
 
     # -- admission ---------------------------------------------------------------------
     def _admit(self, size_bytes: int) -> None:
@@ -474,8 +475,7 @@ class Ingest:
         started = time.perf_counter()
         try:
             decoded = await asyncio.get_running_loop().run_in_executor(
-                self._decoding, decode_batch, [item for item, _ in batch],
-                self.config.max_body_bytes)
+                self._decoding, self._decode, [item for item, _ in batch])
             placed = time.perf_counter()
             self.decode_s += placed - started
             await self.handoff(decoded)
@@ -493,9 +493,17 @@ class Ingest:
             if not waiter.done():
                 waiter.set_result(result)
 
+    def _decode(self, items: list[tuple]) -> DecodedBatch:
+        started = time.thread_time()
+        try:
+            return decode_batch(items, self.config.max_body_bytes)
+        finally:
+            self.decode_cpu_s += time.thread_time() - started
+
     def stats(self) -> dict:
         return {**self.counts, "pending_requests": self.pending_requests,
                 "pending_bytes": self.pending_bytes, "decode_s": round(self.decode_s, 3),
+                "decode_cpu_s": round(self.decode_cpu_s, 3),
                 "handoff_s": round(self.handoff_s, 3)}
 
     async def finish(self) -> None:
@@ -550,6 +558,7 @@ class ProcessorActor:
         self._shipped_at = time.monotonic()
         self._shipments: list = []
         self._ticker: asyncio.Task | None = None
+        self.decide_cpu_s = 0.0                     # CPU seconds of the deciding thread
 
     def _peer(self, index: int):
         if index not in self._peers:
@@ -621,10 +630,12 @@ class ProcessorActor:
                 processor.logs(payload)
 
     def _tick(self) -> None:
+        started = time.thread_time()
         self._take_inbox()
         self.processor.tick()
         if time.monotonic() - self._shipped_at >= SHIP_EVERY_S:
             self._ship()
+        self.decide_cpu_s += time.thread_time() - started
 
     def _ship(self) -> None:
         self._shipped_at = time.monotonic()
@@ -641,9 +652,13 @@ class ProcessorActor:
 
     async def stats(self) -> dict:
         """This processor's counts (its listeners' and its partition's)."""
+        process = psutil.Process()
+        times = process.cpu_times()
         return {**self.ingest.stats(), **self.processor.stats(), "index": self.index,
+                "decide_cpu_s": round(self.decide_cpu_s, 3),
+                "process_cpu_s": round(times.user + times.system, 3),
                 "pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(),
-                "rss_bytes": psutil.Process().memory_info().rss}
+                "rss_bytes": process.memory_info().rss}
 
     async def pipeline_stats(self) -> dict:
         """Every processor's counts, summed (``GET /stats`` on any listener)."""
