@@ -10,10 +10,11 @@ specification's ``FromString`` does (upb, in C). A lean twin of the request type
 ``ScopeSpans.spans`` are plain ``bytes``, hands out each span's wire bytes; those are
 concatenated and read by :func:`walk`, which advances one field of *every* span per numpy
 pass (a span has about 15 fields plus its attributes, so a batch of thousands of spans
-costs a few dozen passes). Attributes, their ``AnyValue`` and the status are walked the
-same way; the attributes' JSON text (the ``attributes`` column) is assembled by one gather
-of byte ranges: keys and string values straight from the wire, literals, and integer texts
-from Arrow's cast.
+costs a few dozen passes). The status is walked the same way. An attribute written the
+usual way (key, then one string, integer or boolean value) is read from fixed places, and
+the ``attributes`` column (JSON text) is one gather of byte ranges from a copy of the wire
+bytes whose framing bytes are overwritten with the JSON punctuation beside them (see
+:func:`_attributes_json`), plus integer texts from Arrow's cast.
 
 What is not common is not made fast: a body whose spans break a rule (a bad id, an end
 before the start: a partial success with messages), repeat a singular field, or carry more
@@ -58,8 +59,6 @@ _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
 _PAD = 16
 _TEN = np.arange(10, dtype=np.int64)
 _SEVEN_BITS = (7 * _TEN).astype(np.uint64)
-_EIGHT = np.arange(8, dtype=np.int64)
-_FOUR = np.arange(4, dtype=np.int64)
 _HEX_PAIRS = np.frombuffer("".join(f"{b:02x}" for b in range(256)).encode(),
                            dtype=np.uint8).reshape(256, 2)
 
@@ -263,17 +262,14 @@ def _fixed_strings(chars: np.ndarray) -> pa.Array:
 
 #: Literal pieces of the attribute JSON: name -> bytes; laid out in one buffer (_LITERALS) at
 #: the offsets of _LITERAL_AT.
-_LITERAL_TEXT = {"open": b'{"', "comma": b',"', "text": b'":"', "raw": b'":', "quote": b'"',
-                 "quote_close": b'"}', "close": b"}", "open_bare": b"{", "comma_bare": b",",
-                 "empty": b"{}"}
+_LITERAL_TEXT = {"close": b"}", "open_bare": b"{", "comma_bare": b",", "empty": b"{}"}
 _LITERALS = b"".join(_LITERAL_TEXT.values())
 _LITERAL_AT = dict(zip(_LITERAL_TEXT, np.cumsum([0] + [len(t) for t in _LITERAL_TEXT.values()])))
-#: Bytes JSON escapes (json.encoder's ESCAPE for ensure_ascii=False): control, '"' and '\'.
-_NEEDS_ESCAPE = np.zeros(256, dtype=bool)
-_NEEDS_ESCAPE[:0x20] = True
-_NEEDS_ESCAPE[[ord('"'), ord("\\")]] = True
-#: Per-position multipliers of the key hash (a collision only sends a span the slow way).
-_KEY_MIX = np.random.default_rng(20261207).integers(1, 2**63, size=64, dtype=np.uint64) | 1
+
+
+def _has_escape(escapes: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Whether each byte range holds one of the ``escapes`` positions (sorted)."""
+    return np.searchsorted(escapes, starts + lengths) > np.searchsorted(escapes, starts)
 
 
 def _check_distinct_keys(buf: np.ndarray, owner: np.ndarray, starts: np.ndarray,
@@ -332,73 +328,89 @@ def _attributes_json(buf: np.ndarray, spans: Fields, n_spans: int, raw_bytes: by
     fast = text | integer
     text_start = np.where(text, inner_start, 0)
     text_length = np.where(text, inner, 0)
-    fast &= escapes[key_start + np.where(fast, key_length, 0)] == escapes[key_start]
-    fast &= escapes[text_start + text_length] == escapes[text_start]
+    fast &= ~_has_escape(escapes, key_start, np.where(fast, key_length, 0))
+    fast &= ~_has_escape(escapes, text_start, text_length)
     text &= fast
     integer &= fast
     _check_distinct_keys(buf, owner[fast], key_start[fast], key_length[fast])
 
-    # Texts not taken from the wire: integers and booleans, and whole members made the
-    # reference way; they follow the wire bytes and the literals in one source buffer.
+    # The JSON is one gather of byte ranges from a patched copy of the wire bytes, where
+    # each KeyValue's own framing bytes are overwritten by the JSON punctuation next to
+    # them: the two bytes before its key (tag and key length) become `{"` or `,"`; the
+    # three before a text value (the value's tag and length, the AnyValue's tag and the
+    # text's length) `":"`, and the byte after it `"` (`"}` for a span's last attribute:
+    # the bytes after a KeyValue are the next field's, which no range reads, or the pad).
+    # So a text attribute is two ranges, key and value, each with its punctuation.
+    # Integers and booleans: `":` goes over the AnyValue's length and tag, the number is
+    # text from Arrow's cast (with `}` when last). Other attributes: whole members made
+    # the reference way, between literal pieces.
+    patched = buf.copy()
+    first = np.ones(m, dtype=bool)
+    first[1:] = owner[1:] != owner[:-1]
+    last = np.ones(m, dtype=bool)
+    last[:-1] = owner[1:] != owner[:-1]
+    fast_rows = np.flatnonzero(fast)
+    patched[key_start[fast_rows] - 2] = np.where(first[fast_rows], ord("{"), ord(","))
+    patched[key_start[fast_rows] - 1] = ord('"')
+    text_rows = np.flatnonzero(text)
+    value_start = inner_start[text_rows]
+    value_end = value_start + inner[text_rows]
+    for offset, char in ((-3, '"'), (-2, ":"), (-1, '"')):
+        patched[value_start + offset] = ord(char)
+    patched[value_end] = ord('"')
+    closing = last[text_rows]
+    patched[value_end[closing] + 1] = ord("}")
     integer_rows = np.flatnonzero(integer)
+    patched[any_start[integer_rows] - 1] = ord('"')
+    patched[any_start[integer_rows]] = ord(":")
+
     values, _ = _varints(buf, np.minimum(any_start[integer_rows] + 1, limit), end[integer_rows])
     integer_text = pc.cast(pa.array(values.view(np.int64)), pa.string())
     is_bool = pa.array(any_tag[integer_rows] == 0x10)
     integer_text = pc.if_else(is_bool, pc.if_else(pa.array(values != 0), "true", "false"),
                               integer_text)
+    integer_text = pc.binary_join_element_wise(
+        integer_text, pc.if_else(pa.array(last[integer_rows]), "}", ""), "")
     integer_data, integer_offsets = _string_buffers(integer_text)
     slow_rows = np.flatnonzero(~fast)
     slow_members = [reference._member(raw_bytes[s:s + n])[1].encode()
                     for s, n in zip(kvs.start[slow_rows].tolist(),
                                     kvs.length[slow_rows].tolist())]
-    literal_at = limit
-    source = np.concatenate((buf[:literal_at], np.frombuffer(_LITERALS, np.uint8),
-                             integer_data, np.frombuffer(b"".join(slow_members), np.uint8)))
+    literal_at = limit + _PAD
+    source = np.concatenate((patched, np.frombuffer(_LITERALS, np.uint8), integer_data,
+                             np.frombuffer(b"".join(slow_members), np.uint8)))
     integer_at = literal_at + len(_LITERALS)
     slow_at = integer_at + len(integer_data)
 
-    # Five pieces per attribute: opening (`{"` or `,"`), key, separator, value, closing
-    # (`"`, `"}` or `}`); a member made the reference way is one piece between `{`/`,` and
-    # ``/`}`. A span without attributes is one piece, `{}`.
-    piece_start = np.zeros((m, 5), dtype=np.int64)
-    piece_length = np.zeros((m, 5), dtype=np.int64)
-    first = np.ones(m, dtype=bool)
-    first[1:] = owner[1:] != owner[:-1]
-    last = np.ones(m, dtype=bool)
-    last[:-1] = owner[1:] != owner[:-1]
+    # Three pieces per attribute (unused ones empty).
+    piece_start = np.zeros((m, 3), dtype=np.int64)
+    piece_length = np.zeros((m, 3), dtype=np.int64)
+    piece_start[fast_rows, 0] = key_start[fast_rows] - 2
+    piece_length[fast_rows, 0] = key_length[fast_rows] + 2
+    piece_start[text_rows, 1] = value_start - 3
+    piece_length[text_rows, 1] = value_end - value_start + 4 + closing
+    piece_start[integer_rows, 1] = any_start[integer_rows] - 1
+    piece_length[integer_rows, 1] = 2
+    piece_start[integer_rows, 2] = integer_at + integer_offsets[:-1]
+    piece_length[integer_rows, 2] = np.diff(integer_offsets)
 
     def literal(rows, column, name):
         piece_start[rows, column] = literal_at + _LITERAL_AT[name]
         piece_length[rows, column] = len(_LITERAL_TEXT[name])
 
-    fast_rows = np.flatnonzero(fast)
-    literal(np.flatnonzero(fast & first), 0, "open")
-    literal(np.flatnonzero(fast & ~first), 0, "comma")
-    piece_start[fast_rows, 1] = key_start[fast_rows]
-    piece_length[fast_rows, 1] = key_length[fast_rows]
-    text_rows = np.flatnonzero(text)
-    literal(text_rows, 2, "text")
-    piece_start[text_rows, 3] = text_start[text_rows]
-    piece_length[text_rows, 3] = text_length[text_rows]
-    literal(np.flatnonzero(text & ~last), 4, "quote")
-    literal(np.flatnonzero(text & last), 4, "quote_close")
-    literal(integer_rows, 2, "raw")
-    piece_start[integer_rows, 3] = integer_at + integer_offsets[:-1]
-    piece_length[integer_rows, 3] = np.diff(integer_offsets)
-    literal(np.flatnonzero(integer & last), 4, "close")
     literal(np.flatnonzero(~fast & first), 0, "open_bare")
     literal(np.flatnonzero(~fast & ~first), 0, "comma_bare")
     slow_lengths = np.fromiter(map(len, slow_members), dtype=np.int64, count=len(slow_members))
     slow_offsets = np.concatenate(([0], np.cumsum(slow_lengths)))
-    piece_start[slow_rows, 3] = slow_at + slow_offsets[:-1]
-    piece_length[slow_rows, 3] = slow_lengths
-    literal(np.flatnonzero(~fast & last), 4, "close")
+    piece_start[slow_rows, 1] = slow_at + slow_offsets[:-1]
+    piece_length[slow_rows, 1] = slow_lengths
+    literal(np.flatnonzero(~fast & last), 2, "close")
 
     # Spans without attributes get their `{}` piece in their place among the others.
     per_span = np.bincount(owner, minlength=n_spans)
     bare = np.flatnonzero(per_span == 0)
     if len(bare):
-        attribute_rows = np.concatenate((np.repeat(owner, 5), bare))
+        attribute_rows = np.concatenate((np.repeat(owner, 3), bare))
         order = np.argsort(attribute_rows, kind="stable")
         starts = np.concatenate((piece_start.ravel(),
                                  np.full(len(bare), literal_at + _LITERAL_AT["empty"])))[order]
@@ -406,7 +418,7 @@ def _attributes_json(buf: np.ndarray, spans: Fields, n_spans: int, raw_bytes: by
         span_of_piece = attribute_rows[order]
     else:
         starts, lengths = piece_start.ravel(), piece_length.ravel()
-        span_of_piece = np.repeat(owner, 5)
+        span_of_piece = np.repeat(owner, 3)
     data, offsets = _ranges(source, starts, lengths)
     span_first_piece = np.searchsorted(span_of_piece, np.arange(n_spans))
     return _string_array(data, np.append(offsets[span_first_piece], offsets[-1]))
@@ -464,8 +476,8 @@ def _decode_spans(layout: _Layout) -> tuple[pa.Table, np.ndarray]:
     ends = np.cumsum(lengths)
     starts = ends - lengths
     spans = walk(buf, starts, ends)
-    escapes = np.zeros(len(buf) + 1, dtype=np.int32)  # JSON-escaped bytes before each offset
-    np.cumsum(_NEEDS_ESCAPE[buf], out=escapes[1:])
+    # Where bytes JSON escapes are (json.encoder's ESCAPE for ensure_ascii=False).
+    escapes = np.flatnonzero((buf < 0x20) | (buf == ord('"')) | (buf == ord("\\")))
     trace_start, trace_length = _bytes_of(spans, _singular(spans, 1, _LEN, n))
     span_start, span_length = _bytes_of(spans, _singular(spans, 2, _LEN, n))
     parent_start, parent_length = _bytes_of(spans, _singular(spans, 4, _LEN, n))
