@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -378,7 +379,8 @@ def _reason_codes(reasons: np.ndarray) -> np.ndarray:
 
 def _first_rows(trace_ids: np.ndarray) -> np.ndarray:
     """Row of each trace's first span, in order of first appearance (as spantree.traces)."""
-    _, first = np.unique(trace_ids, return_index=True)
-    return np.sort(first)
+    codes, _ = pd.factorize(trace_ids, use_na_sentinel=False)
+    _, first = np.unique(codes, return_index=True)     # codes count in order of appearance
+    return first
 
 

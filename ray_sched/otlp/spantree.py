@@ -17,9 +17,9 @@ Spans of many traces arrive mixed in one batch, in any order (children before pa
 from __future__ import annotations
 
 import numbers
-from itertools import repeat
 
 import numpy as np
+import pandas as pd
 
 from ray_sched.errors import ConfigError
 from ray_sched.otlp.schema import ASSEMBLY_FIELDS, STATUS_ERROR, Columns, empty_columns
@@ -102,12 +102,10 @@ def assemble(columns: Columns, *, max_depth: int = DEFAULT_MAX_DEPTH) -> Columns
     if n_spans == 0:
         return {**columns, **empty_columns(ASSEMBLY_FIELDS)}
 
-    trace_ids = np.asarray(columns["trace_id"]).tolist()
-    trace_of, first_span_of_trace = _trace_codes(trace_ids)
+    trace_of, first_span_of_trace = _trace_codes(columns["trace_id"])
     parent_span_ids = np.asarray(columns["parent_span_id"])
     named_parent = parent_span_ids != ""
-    parent = _parent_positions(trace_ids, np.asarray(columns["span_id"]).tolist(),
-                               parent_span_ids.tolist())
+    parent = _parent_positions(trace_of, columns["span_id"], parent_span_ids)
     parent[~named_parent] = _NO_PARENT  # even if some span's id is ""
     n_traces = len(first_span_of_trace)
     start = np.asarray(columns["start_ns"], dtype=np.int64)
@@ -181,8 +179,7 @@ def traces(assembled: Columns) -> Columns:
         >>> summary = traces(assemble(batch))  # doctest: +SKIP
         >>> summary["trace_id"][summary["error"]]  # doctest: +SKIP
     """
-    trace_ids = np.asarray(assembled["trace_id"]).tolist()
-    trace_of, first = _trace_codes(trace_ids)
+    trace_of, first = _trace_codes(assembled["trace_id"])
     start = np.asarray(assembled["start_ns"], dtype=np.int64)
     trace_start = start[first]
     np.minimum.at(trace_start, trace_of, start)
@@ -205,27 +202,29 @@ def _check_max_depth(max_depth: object) -> None:
         raise ConfigError(f"max_depth must be an integer >= 1, got {max_depth!r}")
 
 
-def _trace_codes(trace_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def _trace_codes(trace_ids) -> tuple[np.ndarray, np.ndarray]:
     """Code of each span's trace (0.. in order of first appearance), and each trace's
     first span position."""
-    code_of = dict.fromkeys(trace_ids)
-    code_of = dict(zip(code_of, range(len(code_of))))
-    trace_of = np.fromiter(map(code_of.__getitem__, trace_ids), dtype=np.intp,
-                           count=len(trace_ids))
-    first = np.full(len(code_of), len(trace_ids), dtype=np.intp)
-    np.minimum.at(first, trace_of, np.arange(len(trace_ids)))
+    trace_of, uniques = pd.factorize(np.asarray(trace_ids, dtype=object), use_na_sentinel=False)
+    trace_of = trace_of.astype(np.intp, copy=False)
+    first = np.full(len(uniques), len(trace_of), dtype=np.intp)
+    np.minimum.at(first, trace_of, np.arange(len(trace_of)))
     return trace_of, first
 
 
-def _parent_positions(trace_ids: list[str], span_ids: list[str],
-                      parent_span_ids: list[str]) -> np.ndarray:
-    """Batch position of each span's parent, or _NO_PARENT (no parent id, or not in batch)."""
-    n_spans = len(trace_ids)
-    # Built back to front so that the first occurrence of a repeated key wins.
-    position_of = dict(zip(zip(trace_ids[::-1], span_ids[::-1]), range(n_spans - 1, -1, -1)))
-    parent = np.fromiter(map(position_of.get, zip(trace_ids, parent_span_ids),
-                             repeat(_NO_PARENT)), dtype=np.intp, count=n_spans)
-    return parent
+def _parent_positions(trace_of: np.ndarray, span_ids, parent_span_ids) -> np.ndarray:
+    """Batch position of each span's parent, or _NO_PARENT (no parent id, or not in batch):
+    the first span of the same trace whose id is the parent id."""
+    n_spans = len(trace_of)
+    ids, uniques = pd.factorize(np.concatenate((np.asarray(span_ids, dtype=object),
+                                                np.asarray(parent_span_ids, dtype=object))),
+                                use_na_sentinel=False)
+    width = max(len(uniques), 1)
+    own = trace_of.astype(np.int64) * width + ids[:n_spans]
+    wanted = trace_of.astype(np.int64) * width + ids[n_spans:]
+    keys, first = np.unique(own, return_index=True)   # the first occurrence of each key
+    at = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+    return np.where(keys[at] == wanted, first[at], _NO_PARENT).astype(np.intp)
 
 
 def _climb(parent: np.ndarray, is_error: np.ndarray
