@@ -113,6 +113,80 @@ def _words(buf: np.ndarray) -> np.ndarray:
     return np.ndarray((len(buf) - 7,), dtype="<u8", buffer=buf, offset=0, strides=(1,))
 
 
+def _next_fields(buf: np.ndarray, words: np.ndarray, pos: np.ndarray, end: np.ndarray
+                 ) -> tuple:
+    """The field at each ``pos`` (messages ending at ``end``): (number, wire type, payload
+    start, payload length, value, where the next field starts). Any wire format.
+
+    Raises:
+        _Unusual: a malformed field.
+    """
+    tag, tag_size = _varints(buf, pos, end)
+    at = pos + tag_size
+    wire = (tag & np.uint64(7)).astype(np.int64)
+    number = (tag >> np.uint64(3)).astype(np.int64)
+    value = np.zeros(len(pos), dtype=np.uint64)
+    length = np.zeros(len(pos), dtype=np.int64)
+    start = at.copy()
+    after = np.full(len(pos), -1, dtype=np.int64)
+    ok = (tag_size > 0) & (number > 0)
+    for kind in (_VARINT, _LEN):
+        rows = np.flatnonzero(ok & (wire == kind))
+        if len(rows):
+            read, size = _varints(buf, at[rows], end[rows])
+            good = size > 0
+            if kind == _VARINT:
+                value[rows] = read
+                after[rows[good]] = at[rows[good]] + size[good]
+            else:
+                fits = good & (read <= (end[rows] - at[rows] - size).astype(np.uint64))
+                rows, size, read = rows[fits], size[fits], read[fits].astype(np.int64)
+                start[rows] = at[rows] + size
+                length[rows] = read
+                after[rows] = start[rows] + read
+    for kind, width, mask in ((_I64, 8, ~np.uint64(0)), (_I32, 4, np.uint64(0xFFFFFFFF))):
+        rows = np.flatnonzero(ok & (wire == kind))
+        if len(rows):
+            value[rows] = words[at[rows]] & mask
+            after[rows] = at[rows] + width
+    ok &= (after >= 0) & (after <= end)
+    if not ok.all():
+        raise _Unusual("malformed field")
+    return number, wire, start, length, value, after
+
+
+_WIRE_WIDTH = np.array([0, 8, 0, 0, 0, 4, 0, 0], dtype=np.int64)   # fixed-width payloads
+_KNOWN_WIRE = np.array([True, True, True, False, False, True, False, False])
+_LOW_32 = np.uint64(0xFFFFFFFF)
+
+
+def _next_fields_short(buf: np.ndarray, words: np.ndarray, pos: np.ndarray,
+                       end: np.ndarray) -> tuple | None:
+    """:func:`_next_fields` for the usual case, in fewer numpy passes: every tag one byte,
+    every varint (value or length) at most two. None when a field is otherwise (or
+    malformed): the caller reads the pass with :func:`_next_fields`."""
+    tag = buf[pos].astype(np.int64)
+    wire = tag & 7
+    b1 = buf[pos + 1].astype(np.int64)
+    b2 = buf[pos + 2].astype(np.int64)
+    one = b1 < 0x80
+    varint = np.where(one, b1, (b1 & 0x7F) | (b2 << 7))
+    size = np.where(one, 1, 2)
+    is_var, is_len = wire == _VARINT, wire == _LEN
+    if (tag >= 0x80).any() or (tag < 8).any() or not _KNOWN_WIRE[wire].all() or (
+            (is_var | is_len) & ~one & (b2 >= 0x80)).any():
+        return None
+    at = pos + 1
+    start = np.where(is_len, at + size, at)
+    length = np.where(is_len, varint, 0)
+    fixed = words[at] & np.where(wire == _I32, _LOW_32, ~np.uint64(0))
+    value = np.where(is_var, varint.astype(np.uint64), np.where(is_len, 0, fixed))
+    after = np.where(is_var, at + size, start + length + _WIRE_WIDTH[wire])
+    if (after > end).any():
+        return None
+    return tag >> 3, wire, start, length, value, after
+
+
 def walk(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray,
          max_fields: int = MAX_FIELDS) -> Fields:
     """Read every field of the messages at ``buf[starts[i]:ends[i]]``, all messages at once.
@@ -134,37 +208,10 @@ def walk(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray,
         if not len(active):
             break
         pos, end = cursor[active], ends[active]
-        tag, tag_size = _varints(buf, pos, end)
-        at = pos + tag_size
-        wire = (tag & np.uint64(7)).astype(np.int64)
-        number = (tag >> np.uint64(3)).astype(np.int64)
-        value = np.zeros(len(active), dtype=np.uint64)
-        length = np.zeros(len(active), dtype=np.int64)
-        start = at.copy()
-        after = np.full(len(active), -1, dtype=np.int64)
-        ok = (tag_size > 0) & (number > 0)
-        for kind in (_VARINT, _LEN):
-            rows = np.flatnonzero(ok & (wire == kind))
-            if len(rows):
-                read, size = _varints(buf, at[rows], end[rows])
-                good = size > 0
-                if kind == _VARINT:
-                    value[rows] = read
-                    after[rows[good]] = at[rows[good]] + size[good]
-                else:
-                    fits = good & (read <= (end[rows] - at[rows] - size).astype(np.uint64))
-                    rows, size, read = rows[fits], size[fits], read[fits].astype(np.int64)
-                    start[rows] = at[rows] + size
-                    length[rows] = read
-                    after[rows] = start[rows] + read
-        for kind, width, mask in ((_I64, 8, ~np.uint64(0)), (_I32, 4, np.uint64(0xFFFFFFFF))):
-            rows = np.flatnonzero(ok & (wire == kind))
-            if len(rows):
-                value[rows] = words[at[rows]] & mask
-                after[rows] = at[rows] + width
-        ok &= (after >= 0) & (after <= end)
-        if not ok.all():
-            raise _Unusual("malformed field")
+        fields = _next_fields_short(buf, words, pos, end)
+        if fields is None:
+            fields = _next_fields(buf, words, pos, end)
+        number, wire, start, length, value, after = fields
         parts.append((active, number, wire, start, length, value))
         cursor[active] = after
         active = active[after < end]
