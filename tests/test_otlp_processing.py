@@ -22,7 +22,6 @@ from ray_sched.otlp.processing import (
     metric_series_partial,
     span_metrics_partial,
 )
-from ray_sched.otlp.traceid import sampling_value_of
 from ray_sched.otlp.schema import (
     ASSEMBLY_FIELDS,
     LOG_FIELDS,
@@ -33,6 +32,7 @@ from ray_sched.otlp.schema import (
     STATUS_OK,
     empty_columns,
 )
+from ray_sched.otlp.traceid import sampling_value_of
 
 pytestmark = pytest.mark.unit
 

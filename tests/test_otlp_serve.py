@@ -4,8 +4,8 @@ and every span, point and record sent must be in the export dir exactly once, an
 kept span forwarded once to the ``--forward`` endpoint.
 
 One server process for the module (a Ray start costs ~20 s on 2 cores); the tests add to
-what it was sent, and the last one stops it and counts the rows. Two processors, so that traces whose spans
-come in different requests (or protocols) must be brought together.
+what it was sent, and the last one stops it and counts the rows. Two processors, so that
+traces whose spans come in different requests (or protocols) must be brought together.
 """
 
 from __future__ import annotations

@@ -86,8 +86,6 @@ PROTOBUF = "application/x-protobuf"
 RETRY_AFTER_S = 1.0
 #: Memory use is sampled at most this often (psutil costs ~20 µs; requests come faster).
 MEMORY_CHECK_EVERY_S = 0.1
-#: The receiver asks the processors for their counts (and memory) this often.
-STATS_EVERY_S = 0.5
 #: A processor decides due traces and writes due files this often.
 TICK_S = 0.1
 #: The GIL switch interval in processors (Python's default is 5 ms).
