@@ -40,7 +40,6 @@ import concurrent.futures
 import dataclasses
 import logging
 import os
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -88,8 +87,6 @@ RETRY_AFTER_S = 1.0
 MEMORY_CHECK_EVERY_S = 0.1
 #: A processor decides due traces and writes due files this often.
 TICK_S = 0.1
-#: The GIL switch interval in processors (Python's default is 5 ms).
-SWITCH_INTERVAL_S = 0.0005
 #: Aggregates go from a processor to the aggregator this often (one small call).
 SHIP_EVERY_S = 1.0
 
@@ -533,9 +530,6 @@ class ProcessorActor:
     """
 
     def __init__(self, index: int, count: int, names: dict, settings: dict):
-        # The decode thread must not hold the event loop (its peers' spans, its listeners)
-        # for the interpreter's default 5 ms at a time.
-        sys.setswitchinterval(SWITCH_INTERVAL_S)
         config = PipelineConfig(**settings)
         self.index, self.count, self.names = index, count, names
         forwarder = (Forwarder(config.forward_endpoint, headers=config.forward_headers)
