@@ -147,9 +147,11 @@ def test_a_body_with_a_span_the_specification_rejects_is_left_to_the_reference()
     bad = request([span(0), span(1, span_id=b"\x01\x02"), span(2)])
     repeated_key = request([span(3, [kv("k", AnyValue(string_value="a")),
                                      kv("k", AnyValue(string_value="b"))])])
+    repeated_odd_key = request([span(6, [kv("k", AnyValue(string_value="a")),
+                                         kv("k", AnyValue(double_value=1.5))])])
     good = request([span(4), span(5)])
-    table, results = decode_traces([bad, good, repeated_key])
-    assert results[0] is None and results[2] is None
+    table, results = decode_traces([bad, good, repeated_key, repeated_odd_key])
+    assert results[0] is None and results[2] is None and results[3] is None
     assert results[1]["accepted"] == 2 and table.num_rows == 2
     assert table.column("span_id").to_pylist() == [(5).to_bytes(8, "big").hex(),
                                                    (6).to_bytes(8, "big").hex()]

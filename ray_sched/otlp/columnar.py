@@ -340,6 +340,21 @@ def _check_distinct_keys(buf: np.ndarray, owner: np.ndarray, starts: np.ndarray,
             raise _Unusual("an attribute key repeated within a span")
 
 
+def _check_slow_keys_distinct(raw: bytes, owner: np.ndarray, fast: np.ndarray,
+                              key_start: np.ndarray, key_length: np.ndarray,
+                              slow_rows: np.ndarray, slow_keys: list[str]) -> None:
+    """Raise _Unusual when a key of an attribute made the reference way repeats within its
+    span (among all of that span's keys, fast ones included)."""
+    keys: dict[int, list[str]] = {}
+    for row, key in zip(slow_rows.tolist(), slow_keys):
+        keys.setdefault(int(owner[row]), []).append(key)
+    for row in np.flatnonzero(fast & np.isin(owner, list(keys))).tolist():
+        start = int(key_start[row])
+        keys[int(owner[row])].append(raw[start:start + int(key_length[row])].decode())
+    if any(len(set(names)) < len(names) for names in keys.values()):
+        raise _Unusual("an attribute key repeated within a span")
+
+
 def _attributes_json(buf: np.ndarray, spans: Fields, n_spans: int, raw_bytes: bytes,
                      escapes: np.ndarray) -> pa.Array:
     """The ``attributes`` column: each span's KeyValues (field 9) as one JSON object text,
@@ -420,9 +435,12 @@ def _attributes_json(buf: np.ndarray, spans: Fields, n_spans: int, raw_bytes: by
         integer_text, pc.if_else(pa.array(last[integer_rows]), "}", ""), "")
     integer_data, integer_offsets = _string_buffers(integer_text)
     slow_rows = np.flatnonzero(~fast)
-    slow_members = [reference._member(raw_bytes[s:s + n])[1].encode()
-                    for s, n in zip(kvs.start[slow_rows].tolist(),
-                                    kvs.length[slow_rows].tolist())]
+    slow = [reference._member(raw_bytes[s:s + n])
+            for s, n in zip(kvs.start[slow_rows].tolist(), kvs.length[slow_rows].tolist())]
+    slow_members = [member.encode() for _, member in slow]
+    if slow:
+        _check_slow_keys_distinct(raw_bytes, owner, fast, key_start, key_length, slow_rows,
+                                  [key for key, _ in slow])
     literal_at = limit + _PAD
     source = np.concatenate((patched, np.frombuffer(_LITERALS, np.uint8), integer_data,
                              np.frombuffer(b"".join(slow_members), np.uint8)))

@@ -764,13 +764,16 @@ class OtlpPipeline:
             name=names["aggregator"], scheduling_strategy=pinned).remote(
             export_dir, config.flush_interval_s, config.metrics_window_s)
         settings = {**dataclasses.asdict(config), "export_dir": export_dir}
-        # Processor i on node i mod nodes, this one first: spread over the cluster.
+        # Processor i on node i mod nodes, this one first: spread over the cluster. A hard
+        # affinity: a soft one let Ray put both of two processors on one node about half
+        # the time (seen on a 2-node cluster_utils cluster). A processor whose node is lost
+        # is not placed elsewhere: requests with spans of its partition get 503 from then on.
         nodes = [here] + sorted(n["NodeID"] for n in ray.nodes()
                                 if n["Alive"] and n["NodeID"] != here
                                 and n.get("Resources", {}).get("CPU", 0) > 0)
         self.processors = [ProcessorActor.options(
             name=name, scheduling_strategy=NodeAffinitySchedulingStrategy(
-                nodes[index % len(nodes)], soft=True)).remote(index, count, names, settings)
+                nodes[index % len(nodes)], soft=False)).remote(index, count, names, settings)
             for index, name in enumerate(names["processors"])]
         ray.get([actor.__ray_ready__.remote() for actor in [self.aggregator, *self.processors]],
                 timeout=120)
