@@ -29,7 +29,9 @@ every waiting trace and writes what it holds) and the aggregator, so that a SIGT
 nothing already accepted. A request whose spans cannot be handed to their processor is
 answered 503 (the client retries). A processor that dies takes the traces it was holding (at
 most ``decision_wait_s`` and ``flush_interval_s`` worth) with it: at-least-once up to that
-buffer, as a Collector's in-memory tail sampler; it is restarted and finds its peers again.
+buffer, as a Collector's in-memory tail sampler. It is restarted on its node and finds its
+peers again; a processor whose node is lost is not replaced yet (its partition's requests
+get 503).
 """
 
 from __future__ import annotations
