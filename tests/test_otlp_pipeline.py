@@ -106,6 +106,25 @@ def test_sink_refuses_an_unknown_table_and_bad_settings(tmp_path):
         ParquetSink(tmp_path, flush_rows=0)
 
 
+def test_a_background_sink_writes_the_same_parts_and_reports_a_failed_write(tmp_path):
+    import shutil
+
+    import pyarrow as pa
+
+    table = pa.table({"span_id": ["a", "b", "c"]})
+    sink = ParquetSink(tmp_path / "ok", background=True)
+    sink.write("spans", table)
+    assert sink.flush()["spans"] == 3
+    assert pd.read_parquet(tmp_path / "ok" / "spans")["span_id"].tolist() == ["a", "b", "c"]
+    broken = ParquetSink(tmp_path / "broken", background=True)
+    shutil.rmtree(tmp_path / "broken" / "spans")
+    (tmp_path / "broken" / "spans").write_text("a file where the folder was")
+    broken.write("spans", table)
+    with pytest.raises(OSError, match="spans: 3 rows"):
+        broken.flush()
+    assert broken.rows_written["spans"] == 0 and len(broken.write_errors) == 1
+
+
 def test_aggregator_merges_partials_of_several_processors_into_one_window(tmp_path):
     columns = decode_request("traces", trace_request(64, seed=1).SerializeToString(),
                              "application/x-protobuf").columns
