@@ -42,7 +42,8 @@ def test_one_local_scheduler_per_node_and_tasks_run_on_both(two_node_cluster):
 def test_otlp_processors_on_both_nodes_bring_together_traces_split_over_requests(
         two_node_cluster, tmp_path):
     """Two processors, one per node, listening on one port: the spans of each trace come in
-    three requests over separate connections, and still make one trace."""
+    three requests over separate connections, and still make one trace. (A long decision
+    wait: the drain decides every trace.)"""
     import asyncio
 
     import pandas as pd
@@ -64,7 +65,7 @@ def test_otlp_processors_on_both_nodes_bring_together_traces_split_over_requests
 
     async def main():
         pipeline = OtlpPipeline(PipelineConfig(export_dir=str(tmp_path), processors=2,
-                                               decision_wait_s=0.5))
+                                               decision_wait_s=30))
         urls = await pipeline.listen("127.0.0.1", 0, None)
         loop = asyncio.get_running_loop()
 

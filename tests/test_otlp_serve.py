@@ -5,7 +5,9 @@ kept span forwarded once to the ``--forward`` endpoint.
 
 One server process for the module (a Ray start costs ~20 s on 2 cores); the tests add to
 what it was sent, and the last one stops it and counts the rows. Two processors, so that
-traces whose spans come in different requests (or protocols) must be brought together.
+traces whose spans come in different requests (or protocols) must be brought together; a
+30 s decision wait, so that parts sent moments apart meet on a loaded machine too (the drain
+decides every trace at the end).
 """
 
 from __future__ import annotations
@@ -86,7 +88,7 @@ class Server:
         self.sent = {"spans": {}, "points": {}, "records": {}}  # service -> count
         command = [sys.executable, "-m", "ray_sched.cli", "serve", "--export-dir",
                    str(export_dir), "--http-port", "0", "--grpc-port", "0", "--processors",
-                   "2", "--decision-wait-s", "1", "--max-body-bytes", str(MAX_BODY_BYTES),
+                   "2", "--decision-wait-s", "30", "--max-body-bytes", str(MAX_BODY_BYTES),
                    "--forward", forward_url]
         self.process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True)
