@@ -234,7 +234,8 @@ class TailSampler:
                  slow_quantile: float = DEFAULT_SLOW_QUANTILE,
                  min_samples: int = DEFAULT_MIN_SAMPLES, window: int = DEFAULT_WINDOW,
                  max_operations: int = DEFAULT_MAX_OPERATIONS,
-                 rate_limit_per_s: float | None = None, clock: Callable[[], float] = None):
+                 rate_limit_per_s: float | None = None,
+                 clock: Callable[[], float] | None = None):
         _check_fraction("probability", probability)
         if rate_limit_per_s is not None:
             try:

@@ -208,17 +208,19 @@ class TraceProcessor:
             self._decide(oldest, early=True)
 
     def metrics(self, columns: Columns) -> int:
-        table = to_table(columns, METRIC_POINT_FIELDS)
-        self.sink.write("metrics", table)
-        self._aggregate("metrics", metric_series_partial(columns))
-        self.counts["metric_points"] += table.num_rows
-        return table.num_rows
+        return self._items("metrics", columns, METRIC_POINT_FIELDS, metric_series_partial,
+                           "metric_points")
 
     def logs(self, columns: Columns) -> int:
-        table = to_table(columns, LOG_FIELDS)
-        self.sink.write("logs", table)
-        self._aggregate("logs", log_counts_partial(columns))
-        self.counts["log_records"] += table.num_rows
+        return self._items("logs", columns, LOG_FIELDS, log_counts_partial, "log_records")
+
+    def _items(self, table_name: str, columns: Columns, schema: pa.Schema, partial,
+               count: str) -> int:
+        """Metric points or log records: written as they come (no trace to wait for)."""
+        table = to_table(columns, schema)
+        self.sink.write(table_name, table)
+        self._aggregate(table_name, partial(columns))
+        self.counts[count] += table.num_rows
         return table.num_rows
 
     # -- decisions --------------------------------------------------------------------------
@@ -265,14 +267,12 @@ class TraceProcessor:
         columns = _numpy(spans, _ASSEMBLY_INPUT)
         assembled = assemble(columns, max_depth=self.max_depth)
         decided = self.sampler.decide(assembled)
-        summary = traces(decided)
-        first = _first_rows(decided["trace_id"])
-        sampled = decided["sampled"][first]
-        reason = decided["sample_reason"][first]
+        summary = traces(decided, also=("sampled", "sample_reason"))
+        sampled, reason = summary.pop("sampled"), summary.pop("sample_reason")
         exceeded = summary["depth_exceeded"]
         self.counts["depth_exceeded_traces"] += int(exceeded.sum())
         for trace_id, code in zip(summary["trace_id"].tolist(),
-                                  _reason_codes(reason).tolist()):
+                                  _REASON_INDEX.get_indexer(reason).tolist()):
             self._remember(trace_id, code)
         keep = np.ones(spans.num_rows, dtype=bool)
         if exceeded.any() and self.on_max_depth != "flag":
@@ -370,17 +370,6 @@ class TraceProcessor:
 
 
 _NOT_KEPT = np.array([SAMPLE_REASONS.index("dropped"), SAMPLE_REASONS.index("rate_limited")])
-_REASON_CODE = {name: code for code, name in enumerate(SAMPLE_REASONS)}
-
-
-def _reason_codes(reasons: np.ndarray) -> np.ndarray:
-    return np.array([_REASON_CODE[r] for r in reasons.tolist()], dtype=np.int64)
-
-
-def _first_rows(trace_ids: np.ndarray) -> np.ndarray:
-    """Row of each trace's first span, in order of first appearance (as spantree.traces)."""
-    codes, _ = pd.factorize(trace_ids, use_na_sentinel=False)
-    _, first = np.unique(codes, return_index=True)     # codes count in order of appearance
-    return first
+_REASON_INDEX = pd.Index(SAMPLE_REASONS)      # reason name -> code, for a whole array
 
 

@@ -163,11 +163,13 @@ def assemble(columns: Columns, *, max_depth: int = DEFAULT_MAX_DEPTH) -> Columns
     return {**columns, **assembled}
 
 
-def traces(assembled: Columns) -> Columns:
+def traces(assembled: Columns, also: tuple[str, ...] = ()) -> Columns:
     """One row per trace of an assembled batch, in order of first appearance.
 
     Args:
         assembled: the output of :func:`assemble` (or a row subset of it).
+        also: other per-trace columns of ``assembled`` to carry over (the value of each
+            trace's first span), e.g. the sampling decision.
 
     Returns:
         TRACE_FIELDS columns, each of shape (n_traces,): ``trace_id``; ``spans``, ``depth``,
@@ -193,6 +195,7 @@ def traces(assembled: Columns) -> Columns:
     summary.update({field: np.asarray(assembled[column])[first]
                     for field, column in renamed.items()})
     summary["start_ns"] = trace_start
+    summary.update({name: np.asarray(assembled[name])[first] for name in also})
     return summary
 
 
