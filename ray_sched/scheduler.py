@@ -28,7 +28,12 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ray_sched.actors import GlobalScheduler
 from ray_sched.actors.execute import RaisedError, kill_node
-from ray_sched.actors.global_scheduler import ACTOR_NAMESPACE
+from ray_sched.actors.global_scheduler import (
+    ACTOR_NAMESPACE,
+    start_learner,
+    start_local,
+    start_monitor,
+)
 from ray_sched.actors.runtime import ensure_ray
 from ray_sched.control import Controls
 from ray_sched.errors import ConfigError, SchedulerClosedError, TaskFailedError
@@ -261,13 +266,29 @@ class Scheduler:
         elif alerts or otlp_endpoint:
             raise ConfigError("alerts and otlp_endpoint need the monitor (monitor=True)")
         # Restarted by Ray when it dies; its local schedulers, learner and monitor are named
-        # detached actors under this prefix, which outlive it (see recover()).
+        # actors under this prefix, started here (owned by this driver, not detached: the
+        # Ray tasks they launch then run in this job's worker processes, which the next
+        # Scheduler reuses, where a detached actor's tasks get workers started for it
+        # alone). They outlive the global scheduler, which finds them by name (see
+        # recover()).
         self._prefix = f"ray_sched-{uuid.uuid4().hex[:12]}"
+        nice = {"control_nice": self.controls.control_nice}
+        learner = (None if learner_options is None else
+                   start_learner(self._prefix, here, learner_options, nice, detached=False))
+        # Held for their lifetime: Ray ends an actor that is not detached once the handles
+        # of its owner are gone.
+        self._owned = [learner] if learner is not None else []
+        if monitor_options is not None:
+            self._owned.append(
+                start_monitor(self._prefix, here, monitor_options, nice, detached=False))
         self._global = GlobalScheduler.options(
             max_restarts=-1, max_task_retries=0, **options).remote(
             self.plan, self.policy.ordering, self.policy.placement, seed, learner_options,
             self.stages, monitor_options, self.controls.inline, self.controls.as_dict(),
-            self._prefix)
+            self._prefix, started_by_driver=True)
+        self._owned += [start_local(self._prefix, entry, self.policy.ordering, self._global,
+                                    learner, self.stages, self.controls.as_dict(),
+                                    detached=False) for entry in self.plan]
         self._roles = [entry["name"] for entry in self.plan] + ["learner", "monitor"]
         ray.get(self._global.ready.remote(), timeout=STARTUP_TIMEOUT_S)
         self._incarnation = ray.get(self._global.incarnation_id.remote(),

@@ -61,20 +61,62 @@ ACTOR_NAMESPACE = "ray_sched"
 FORECAST_HORIZON_WINDOWS = 2
 
 
+def actor_options(prefix: str | None, role: str, *, detached: bool) -> dict:
+    """Options naming ``role``'s actor under ``prefix`` (none without a prefix); an actor
+    of that name that is alive already is returned instead of a new one."""
+    if prefix is None:
+        return {}
+    options = {"name": f"{prefix}/{role}", "namespace": ACTOR_NAMESPACE,
+               "get_if_exists": True}
+    if detached:
+        options["lifetime"] = "detached"
+    return options
+
+
+def start_learner(prefix: str | None, node_id: str, learner_options: dict, nice: dict, *,
+                  detached: bool):
+    return LearnerActor.options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=True),
+        **actor_options(prefix, "learner", detached=detached)).remote(**learner_options, **nice)
+
+
+def start_monitor(prefix: str | None, node_id: str, monitor_options: dict, nice: dict, *,
+                  detached: bool):
+    # On this node for good: it lives and dies with the global scheduler's node.
+    return MonitorActor.options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+        **actor_options(prefix, "monitor", detached=detached)).remote(**monitor_options, **nice)
+
+
+def start_local(prefix: str | None, entry: dict, ordering: str, global_handle, learner,
+                stages: dict | None, controls: dict, *, detached: bool):
+    return LocalScheduler.options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(entry["node_id"], soft=False),
+        **actor_options(prefix, entry["name"], detached=detached),
+    ).remote(entry["name"], entry["node_id"], entry["slots"], ordering, global_handle, learner,
+             stages, controls["inline"], controls)
+
+
 @ray.remote(num_cpus=0)
 class GlobalScheduler:
     def __init__(self, plan: list[dict], ordering: str, placement: str, seed: int | None = 0,
                  learner_options: dict | None = None, stages: dict | None = None,
                  monitor_options: dict | None = None, inline: bool = True,
-                 controls: dict | None = None, name_prefix: str | None = None):
+                 controls: dict | None = None, name_prefix: str | None = None,
+                 started_by_driver: bool = False):
         context = ray.get_runtime_context()
         me = context.current_actor
         here = context.get_node_id()
         # With a name prefix, the local schedulers, the learner and the monitor are named
-        # detached actors: they outlive this actor, and a restart of it (max_restarts) finds
-        # them again by name instead of starting new ones. The driver's Scheduler then
-        # calls recover() to rebuild the ledger (see recover()).
+        # actors that outlive this actor, and a restart of it (max_restarts) finds them
+        # again by name instead of starting new ones. The driver's Scheduler then calls
+        # recover() to rebuild the ledger (see recover()). With started_by_driver, the
+        # driver started them (owned by it, so not detached: the Ray tasks they launch run
+        # in the driver's job's worker processes, which later schedulers reuse); this actor
+        # finds them by name. Otherwise it starts them, detached. Replacements of lost
+        # local schedulers are always started here, detached.
         self.name_prefix = name_prefix
+        self.started_by_driver = started_by_driver and name_prefix is not None
         self.incarnation = uuid.uuid4().hex
         with warnings.catch_warnings():  # Ray marks the state API it uses as deprecated
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -87,10 +129,8 @@ class GlobalScheduler:
         # is unreachable (dead, restarting, slow) and before it answers at all.
         self.learner = None
         if learner_options is not None:
-            self.learner = LearnerActor.options(
-                scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True),
-                **self._named("learner"),
-            ).remote(**learner_options, **nice)
+            self.learner = start_learner(name_prefix, here, learner_options, nice,
+                                         detached=not self.started_by_driver)
         self.fallback = FallbackPredictor()
         self.n_fallback_batches = 0
         # The learner's latest snapshot: predictions are a local call on it.
@@ -106,7 +146,9 @@ class GlobalScheduler:
         self._local_args = (ordering, me, self.learner, stages, self.controls.as_dict())
         # Local schedulers whose queues re-predict their tasks get every new snapshot.
         self._locals_refresh = hasattr(ORDERINGS[ordering]().make_queue(), "refresh")
-        self.locals = [self._start_local(entry) for entry in self.plan]
+        self.locals = ([self._existing_local(entry) for entry in self.plan]
+                       if self.started_by_driver else
+                       [self._start_local(entry) for entry in self.plan])
         self._recovering: set[int] = set()
         self._closing = False
         self.n_replacements = 0
@@ -120,11 +162,8 @@ class GlobalScheduler:
         # The monitor, fed once a second from _monitor_loop (None: no monitoring).
         self.monitor = None
         if monitor_options is not None:
-            # On this node for good: it lives and dies with the global scheduler.
-            self.monitor = MonitorActor.options(
-                scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False),
-                **self._named("monitor"),
-            ).remote(**monitor_options, **nice)
+            self.monitor = start_monitor(name_prefix, here, monitor_options, nice,
+                                         detached=not self.started_by_driver)
         self._monitor_records: list[tuple] = []
         self._background: set[asyncio.Task] = set()
         self._monitor_task: asyncio.Task | None = None
@@ -140,23 +179,29 @@ class GlobalScheduler:
         self.n_steals = 0
         self.n_tasks_stolen = 0
 
-    def _named(self, role: str) -> dict:
-        """Actor options that make ``role`` a named detached actor (none without a prefix)."""
-        if self.name_prefix is None:
-            return {}
-        return {"name": f"{self.name_prefix}/{role}", "namespace": ACTOR_NAMESPACE,
-                "lifetime": "detached", "get_if_exists": True}
-
     def _start_local(self, entry: dict):
+        """A local scheduler started here (detached: it outlives this actor)."""
         ordering, me, learner, stages, controls = self._local_args
-        return LocalScheduler.options(
-            scheduling_strategy=NodeAffinitySchedulingStrategy(entry["node_id"], soft=False),
-            **self._named(entry["name"]),
-        ).remote(entry["name"], entry["node_id"], entry["slots"], ordering, me, learner,
-                 stages, controls["inline"], controls)
+        return start_local(self.name_prefix, entry, ordering, me, learner, stages, controls,
+                           detached=True)
+
+    def _existing_local(self, entry: dict):
+        """The named local scheduler of ``entry``, or None when it is not there (yet)."""
+        try:
+            return ray.get_actor(f"{self.name_prefix}/{entry['name']}",
+                                 namespace=ACTOR_NAMESPACE)
+        except ValueError:
+            return None
+
+    def _find_locals(self) -> None:
+        """Fill in the local schedulers the driver started after this actor."""
+        for index, entry in enumerate(self.plan):
+            if self.locals[index] is None:
+                self.locals[index] = self._existing_local(entry) or self._start_local(entry)
 
     async def ready(self) -> list[dict]:
         """Wait until every local scheduler (and the learner) is up; returns their descriptions."""
+        self._find_locals()
         described = list(await asyncio.gather(*(local.ping.remote() for local in self.locals)))
         if self.learner is not None:
             described.append({"learner": await self.learner.info.remote()})
@@ -323,12 +368,13 @@ class GlobalScheduler:
         those that were waiting for parents or in transit, and those the old incarnation
         recorded but the driver had not yet taken, which run again (``attempts`` does not
         count that lost run). The old incarnation's decision log, forecast and steal
-        counts are gone; the monitor and the learner, named detached actors, keep theirs.
+        counts are gone; the monitor and the learner, named actors, keep theirs.
 
         Returns:
             ``{"restarted": False}`` when this incarnation never lost state, else the counts
             ``held`` and ``placed_again``.
         """
+        self._find_locals()
         if not self._awaiting_recovery:
             return {"restarted": False}
         pings = await asyncio.gather(*(local.ping.remote() for local in self.locals),
