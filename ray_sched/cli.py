@@ -69,6 +69,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="launch every task as a Ray task (no hybrid path: by default a "
                              "task predicted shorter than a launch runs on its local "
                              "scheduler's threads)")
+    parser.add_argument("--no-batch", action="store_true",
+                        help="one Ray task per task (by default consecutive tiny tasks of a "
+                             "queue share one launch and one slot, each still timed alone)")
     group = parser.add_argument_group("adaptive control (ray_sched's own policies)")
     group.add_argument("--no-steal", action="store_true",
                        help="no work stealing (by default an idle local scheduler takes "
@@ -117,7 +120,8 @@ def _monitor_options(args: argparse.Namespace) -> dict:
         options["inline"] = False
     if hasattr(args, "no_steal"):
         options["controls"] = {"steal": not args.no_steal, "forecast": not args.no_forecast,
-                               "adaptive": args.adaptive}
+                               "adaptive": args.adaptive,
+                               "batch": not getattr(args, "no_batch", False)}
     return options
 
 

@@ -330,6 +330,8 @@ def _control_totals(engine) -> dict:
     totals = {"inline_tasks": sum(one["inline"] for one in by_local),
               "remote_tasks": sum(one["remote"] for one in by_local),
               "launch_cost_s": sum(costs) / len(costs) if costs else None,
+              "launch_batches": sum(one.get("batches", 0) for one in by_local),
+              "batched_tasks": sum(one.get("batched_tasks", 0) for one in by_local),
               "tasks_stolen": control["tasks_stolen"]}
     forecast = control["forecast"]
     if forecast is not None:

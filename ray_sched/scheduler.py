@@ -27,7 +27,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ray_sched.actors import GlobalScheduler
-from ray_sched.actors.execute import RaisedError, kill_node
+from ray_sched.actors.execute import RaisedError, call_chunk, kill_node
 from ray_sched.actors.global_scheduler import (
     ACTOR_NAMESPACE,
     start_learner,
@@ -380,17 +380,44 @@ class Scheduler:
         return ray.get(self._global.close_stages.remote(), timeout=timeout)
 
     def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None,
-            **options: Any) -> Iterator[Any]:
+            chunksize: int | None = None, **options: Any) -> Iterator[Any]:
         """Like ``concurrent.futures.Executor.map``: every call is submitted at once (in one
-        batch), results are yielded in order. ``options`` are those of :meth:`submit`."""
-        tasks = [self._make_task(fn, args, {}, **options) for args in zip(*iterables)]
+        batch), results are yielded in order. ``options`` are those of :meth:`submit`.
+
+        Args:
+            chunksize: None (the default): one task per call, and each local scheduler
+                starts consecutive tiny calls together in one Ray launch, from their
+                predicted and measured runtimes and the launch cost it measures
+                (``--no-batch`` turns that off). A whole number k: every k consecutive
+                calls are one task (one prediction, one launch, one result), as
+                ``multiprocessing.Pool.map``'s chunksize; ObjectRef arguments are resolved
+                first, as for single calls.
+
+        Raises:
+            ConfigError: a bad ``chunksize`` or option.
+        """
+        if chunksize is not None and (isinstance(chunksize, bool)
+                                      or not isinstance(chunksize, int) or chunksize < 1):
+            raise ConfigError(f"chunksize must be a whole number >= 1 or None, got "
+                              f"{chunksize!r}")
+        calls = list(zip(*iterables))
+        chunked = chunksize is not None and chunksize > 1
+        if chunked:
+            tasks = [self._make_task(call_chunk, (fn, calls[start:start + chunksize]), {},
+                                     **options)
+                     for start in range(0, len(calls), chunksize)]
+        else:
+            tasks = [self._make_task(fn, args, {}, **options) for args in calls]
         futures = self.submit_tasks(tasks)
         deadline = None if timeout is None else time.monotonic() + timeout
 
         def results() -> Iterator[Any]:
             for future in futures:
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-                yield future.result(remaining)
+                if chunked:
+                    yield from future.result(remaining)
+                else:
+                    yield future.result(remaining)
         return results()
 
     def submit_tasks(self, tasks: list[Task]) -> list[TaskFuture]:

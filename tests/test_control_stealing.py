@@ -210,8 +210,9 @@ def test_expected_completion_steers_away_from_a_region_with_a_burst_ahead():
 # ---------------------------------------------------------------------- Controls
 
 
-def test_controls_default_to_inline_steal_and_forecast_without_adaptive_slots():
-    assert Controls().as_dict() == {"inline": True, "steal": True, "forecast": True,
+def test_controls_default_to_inline_batch_steal_and_forecast_without_adaptive_slots():
+    assert Controls().as_dict() == {"inline": True, "batch": True, "steal": True,
+                                    "forecast": True,
                                     "adaptive": False, "min_slots": 0.5, "max_slots": 2.0,
                                     "control_nice": -10}
 

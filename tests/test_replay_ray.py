@@ -121,12 +121,14 @@ def test_priority_policy_serves_urgent_tasks_sooner_than_fifo(replays):
 
 def test_time_scale_compresses_runtimes(ray_local, trace_200, tmp_path):
     frame = pd.read_csv(trace_200).head(40).assign(parent_id="")
+    # Runtimes of 0.1 s and more: a sleep on a loaded 2-core machine overruns by up to a few
+    # tens of milliseconds (Ray starting a worker beside it), which must not look like a
+    # scale.
+    frame["runtime_s"] = 0.1 + frame["runtime_s"] * 4
     result = replay(frame, policy="fifo", slots=RAY_SLOTS, time_scale=0.5, show_progress=False)
     measured = result.results.set_index("task_id")["measured_runtime_s"]
     expected = frame.set_index("task_id")["runtime_s"] * 0.5
     measured = measured.loc[expected.index]
-    # Sleeps overrun on a loaded 2-core machine (by a few milliseconds on 10-50 ms
-    # runtimes): the scale shows in the median ratio, 1.0 when applied and 2.0 had it been
-    # ignored, and most tasks land within 20 ms of their scaled runtime.
-    assert 0.95 <= float(np.median(measured / expected)) <= 1.4
-    assert (np.abs(measured - expected) <= 0.02).mean() >= 0.8
+    # The scale shows in the median ratio: 1.0 when applied, 2.0 had it been ignored.
+    assert 0.95 <= float(np.median(measured / expected)) <= 1.3
+    assert (np.abs(measured - expected) <= 0.03).mean() >= 0.8

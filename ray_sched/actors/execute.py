@@ -10,6 +10,7 @@ import asyncio
 import pickle
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 import ray
@@ -63,6 +64,13 @@ def user_call(payload: tuple) -> tuple[tuple[float, float, str], Any]:
     return (start, time.time(), error), value
 
 
+def call_chunk(fn: Callable, calls: list[tuple]) -> list:
+    """``[fn(*args) for args in calls]``, ObjectRef arguments resolved first: one task of
+    ``Scheduler.map(..., chunksize=k)``."""
+    return [fn(*[ray.get(a) if isinstance(a, ray.ObjectRef) else a for a in args])
+            for args in calls]
+
+
 @ray.remote(num_cpus=0)
 class StageActor:
     """One worker of a processing stage: hosts the object ``factory()`` builds and runs its
@@ -100,8 +108,52 @@ def run_inline(payload, runtime_s: float | None, work: str = "sleep") -> tuple[t
     return meta, ray.put(value)
 
 
+def synthetic_batch(items: list[tuple[float, str]]) -> list[tuple[float, float, str]]:
+    """Several synthetic tasks one after another in one Ray task (a launch batch): each
+    ``(runtime_s, work)`` gets its own ``(start, finish, error_text)``."""
+    metas = []
+    for runtime_s, work in items:
+        try:
+            start, finish = synthetic_work(runtime_s, work=work)
+            metas.append((start, finish, ""))
+        except Exception as exc:  # noqa: BLE001 - one task's error is that task's alone
+            now = time.time()
+            metas.append((now, now, f"{type(exc).__name__}: {exc}"))
+    return metas
+
+
+def user_call_batch(payloads: list) -> tuple:
+    """Several user calls one after another in one Ray task (a launch batch); payloads put
+    in the object store are fetched together first.
+
+    Returns:
+        (metas, value_1, ..., value_n): each meta as :func:`user_call`'s, each value its
+        own return (an ObjectRef of its own at the caller).
+    """
+    refs = [payload for payload in payloads if isinstance(payload, ray.ObjectRef)]
+    fetched = iter(ray.get(refs)) if refs else iter(())
+    results = [user_call(next(fetched) if isinstance(payload, ray.ObjectRef) else payload)
+               if payload is not None else ((time.time(), time.time(), "no payload"), None)
+               for payload in payloads]
+    return ([meta for meta, _ in results], *[value for _, value in results])
+
+
+def run_inline_batch(items: list[tuple]) -> list:
+    """:func:`run_inline` for each ``(payload, runtime_s, work)``, one after another; an
+    item that raises gives its exception in its place."""
+    results = []
+    for payload, runtime_s, work in items:
+        try:
+            results.append(run_inline(payload, runtime_s, work))
+        except Exception as exc:  # noqa: BLE001 - that task fails, not the batch
+            results.append(exc)
+    return results
+
+
 run_synthetic = ray.remote(max_retries=SYSTEM_RETRIES)(synthetic_work)
 run_user_call = ray.remote(num_returns=2, max_retries=SYSTEM_RETRIES)(user_call)
+run_synthetic_batch = ray.remote(max_retries=SYSTEM_RETRIES)(synthetic_batch)
+run_user_call_batch = ray.remote(max_retries=SYSTEM_RETRIES)(user_call_batch)
 
 
 #: Each warm-up task sleeps this long, so that ``n`` of them overlap and ``n`` workers start.

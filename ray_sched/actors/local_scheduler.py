@@ -20,12 +20,15 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ray_sched.actors.execute import (
     StageActor,
-    run_inline,
+    run_inline_batch,
     run_synthetic,
+    run_synthetic_batch,
     run_user_call,
+    run_user_call_batch,
     warm_workers_async,
 )
 from ray_sched.control import Controls
+from ray_sched.control.batching import LaunchBatcher
 from ray_sched.control.concurrency import ConcurrencyController, node_load
 from ray_sched.control.inline import InlineDecider
 from ray_sched.control.priority import set_process_nice
@@ -79,6 +82,8 @@ class LocalScheduler:
         controls = Controls.of(controls, inline=inline)
         self.priority = set_process_nice(controls.control_nice)
         self._inline = InlineDecider(enabled=controls.inline)
+        # Amortised launches: consecutive tiny tasks share one Ray task and one slot.
+        self._batcher = LaunchBatcher(enabled=controls.batch)
         # Adaptive concurrency: the slot count follows the node's CPU and memory.
         self._concurrency = None
         if controls.adaptive:
@@ -219,44 +224,101 @@ class LocalScheduler:
                 self.core.slots = slots
                 self._dispatch()
 
-    def _launcher(self, kind: str, cpu: float):
-        key = (kind, cpu)
+    def _launcher(self, kind: str, cpu: float, n: int = 1):
+        """The Ray function for a launch of ``kind`` (``synthetic``, ``call``, and their
+        ``-batch`` forms carrying ``n`` tasks), pinned to this node."""
+        key = (kind, cpu, n if kind == "call-batch" else 1)
         launcher = self._launchers.get(key)
         if launcher is None:
-            remote = run_synthetic if kind == "synthetic" else run_user_call
-            launcher = remote.options(scheduling_strategy=self._strategy, num_cpus=cpu)
+            options = {"scheduling_strategy": self._strategy, "num_cpus": cpu}
+            if kind == "call-batch":  # the metas, then each task's value as its own object
+                options["num_returns"] = n + 1
+            remote = {"synthetic": run_synthetic, "call": run_user_call,
+                      "synthetic-batch": run_synthetic_batch,
+                      "call-batch": run_user_call_batch}[kind]
+            launcher = remote.options(**options)
             self._launchers[key] = launcher
         return launcher
 
     async def inline_stats(self) -> dict:
-        """The hybrid path: launch cost learnt, tasks run inline and remote, mode switches."""
-        return {**self._inline.stats(), "history": self._inline.history()}
+        """The hybrid path and launch batches: launch cost learnt, tasks run inline and
+        remote, mode switches, batches and the tasks they carried."""
+        return {**self._inline.stats(), **self._batcher.stats(),
+                "history": self._inline.history()}
+
+    def _launches(self) -> list[list[Task]]:
+        """What starts now, grouped by launch (a batch of tiny tasks shares one)."""
+        if not self._batcher.enabled:
+            return [[task] for task in self.core.next_runnable()]
+        return self.core.next_launches(*self._batcher.rule(self._inline.launch_cost_s_))
 
     def _dispatch(self) -> None:
-        for task in self.core.next_runnable():
-            task.attempts += 1
-            cpu = min(task.cpu, self.core.slots)
-            actor = None
-            p90 = task.latest_p90_s if task.latest_p90_s is not None else task.predicted_p90_s
-            if task.stage is None and self._inline.choose(task.kind, p90):
-                launched = time.time()
-                future = asyncio.get_running_loop().run_in_executor(
-                    self._pool, run_inline, task.payload, task.runtime_s, task.work)
-                self._track(self._watch_inline(task, future, launched))
+        for launch in self._launches():
+            for task in launch:
+                task.attempts += 1
+            if len(launch) > 1:
+                self._launch_batch(launch)
                 continue
-            if task.stage is not None:
-                free = self._stage_pool(task.stage)
-                # One actor per slot, so one is free unless a task takes more than one slot.
-                actor = free.pop() if free else self._stage_actors[task.stage][task.seq % len(
-                    self._stage_actors[task.stage])]
-                meta_ref, value_ref = actor.call.remote(task.payload)
-            elif task.payload is None:
-                meta_ref = self._launcher("synthetic", cpu).remote(task.runtime_s,
-                                                                   work=task.work)
-                value_ref = None
-            else:
-                meta_ref, value_ref = self._launcher("call", cpu).remote(task.payload)
-            self._track(self._watch(task, meta_ref, value_ref, time.time(), actor))
+            self._start_one(launch[0])
+
+    def _start_one(self, task: Task) -> None:
+        """``task`` inline, on a stage actor, or as a Ray task of its own."""
+        cpu = min(task.cpu, self.core.slots)
+        actor = None
+        if task.stage is None and self._inline.choose(task.kind, _latest_p90(task)):
+            self._run_inline([task])
+            return
+        if task.stage is not None:
+            free = self._stage_pool(task.stage)
+            # One actor per slot, so one is free unless a task takes more than one slot.
+            actor = free.pop() if free else self._stage_actors[task.stage][task.seq % len(
+                self._stage_actors[task.stage])]
+            meta_ref, value_ref = actor.call.remote(task.payload)
+        elif task.payload is None:
+            meta_ref = self._launcher("synthetic", cpu).remote(task.runtime_s,
+                                                               work=task.work)
+            value_ref = None
+        else:
+            meta_ref, value_ref = self._launcher("call", cpu).remote(task.payload)
+        self._track(self._watch(task, meta_ref, value_ref, time.time(), actor))
+
+    def _launch_batch(self, tasks: list[Task]) -> None:
+        """One Ray task runs ``tasks`` one after another on one slot; when each of them
+        would run inline alone (predicted shorter than a launch), they run one after another
+        on one of this actor's threads instead."""
+        inline = self._inline
+        run_here = all(inline.eligible(_latest_p90(task)) for task in tasks)
+        inline.count_batch(len(tasks), run_here)
+        self._batcher.record(len(tasks))
+        if run_here:
+            self._run_inline(tasks)
+            return
+        cpu = min(tasks[0].cpu, self.core.slots)
+        if all(task.payload is None for task in tasks):
+            meta_ref = self._launcher("synthetic-batch", cpu).remote(
+                [(task.runtime_s, task.work) for task in tasks])
+            value_refs = [None] * len(tasks)
+        else:
+            refs = self._launcher("call-batch", cpu, len(tasks)).remote(
+                [task.payload for task in tasks])
+            meta_ref, value_refs = refs[0], refs[1:]
+        self._track(self._watch_batch(tasks, meta_ref, value_refs, time.time()))
+
+    async def _watch_batch(self, tasks: list[Task], meta_ref, value_refs: list,
+                           launched_wall: float) -> None:
+        completions = [self._completion(task, launched_wall, value_ref)
+                       for task, value_ref in zip(tasks, value_refs)]
+        try:
+            for completion, meta in zip(completions, await meta_ref):
+                self._apply(completion, meta)
+            work = sum(c.finish_wall - c.start_wall for c in completions)
+            self._inline.observe_launch(time.time() - launched_wall - work)
+        except Exception as error:  # noqa: BLE001 - a lost worker or a Ray error: report it
+            for completion in completions:
+                completion.status = "failed"
+                completion.error = f"{type(error).__name__}: {error}"[:2000]
+        for task, completion in zip(tasks, completions):
+            self._done(task, completion)
 
     def _track(self, coroutine) -> None:
         watcher = asyncio.ensure_future(coroutine)
@@ -285,15 +347,28 @@ class LocalScheduler:
             self._stage_free[task.stage].append(actor)
         self._done(task, completion)
 
-    async def _watch_inline(self, task: Task, future, launched_wall: float) -> None:
-        completion = self._completion(task, launched_wall)
+    def _run_inline(self, tasks: list[Task]) -> None:
+        """``tasks`` one after another on one of this actor's threads (their slot's)."""
+        launched = time.time()
+        future = asyncio.get_running_loop().run_in_executor(
+            self._pool, run_inline_batch,
+            [(task.payload, task.runtime_s, task.work) for task in tasks])
+        self._track(self._watch_inline(tasks, future, launched))
+
+    async def _watch_inline(self, tasks: list[Task], future, launched_wall: float) -> None:
+        completions = [self._completion(task, launched_wall) for task in tasks]
         try:
-            meta, completion.value_ref = await future
-            self._apply(completion, meta)
-        except Exception as error:  # noqa: BLE001 - e.g. the payload could not be fetched
-            completion.status = "failed"
-            completion.error = f"{type(error).__name__}: {error}"[:2000]
-        self._done(task, completion)
+            results = await future
+        except Exception as error:  # noqa: BLE001 - the executor itself failed
+            results = [error] * len(tasks)
+        for task, completion, result in zip(tasks, completions, results):
+            if isinstance(result, BaseException):  # e.g. the payload could not be fetched
+                completion.status = "failed"
+                completion.error = f"{type(result).__name__}: {result}"[:2000]
+            else:
+                meta, completion.value_ref = result
+                self._apply(completion, meta)
+            self._done(task, completion)
 
     @staticmethod
     def _apply(completion: Completion, meta: tuple) -> None:
@@ -304,6 +379,8 @@ class LocalScheduler:
     def _done(self, task: Task, completion: Completion) -> None:
         self.core.finish(task.task_id)
         self._outbox.append(completion)
+        if completion.status == "ok" and completion.finish_wall is not None:
+            self._batcher.observe(task.kind, completion.finish_wall - completion.start_wall)
         if completion.finish_wall is not None and task.queued_wall is not None:
             self._jct[0] += 1
             self._jct[1] += completion.finish_wall - task.queued_wall
@@ -353,6 +430,11 @@ class LocalScheduler:
         except Exception:  # noqa: BLE001 - it failed on them: resending would fail again
             log.exception("the global scheduler failed on %d completion(s); kept as held",
                           len(self._unacked.get(key, ())))
+
+
+def _latest_p90(task: Task) -> float | None:
+    """The task's p90 as last predicted (re-predicted while queued, else at admission)."""
+    return task.latest_p90_s if task.latest_p90_s is not None else task.predicted_p90_s
 
 
 def vars_of(snapshot) -> dict:

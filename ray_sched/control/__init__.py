@@ -3,6 +3,7 @@
 Each controller is plain Python with an injectable clock, wired into the actors:
 
 - :mod:`~ray_sched.control.inline`: hybrid sync/async execution (local scheduler);
+- :mod:`~ray_sched.control.batching`: tiny tasks several to one Ray launch (local scheduler);
 - :mod:`~ray_sched.control.stealing`: work stealing and rebalancing (global scheduler);
 - :mod:`~ray_sched.control.concurrency`: adaptive slots from node CPU and memory
   (local scheduler);
@@ -10,7 +11,7 @@ Each controller is plain Python with an injectable clock, wired into the actors:
   (global scheduler), acted on before a burst;
 - :mod:`~ray_sched.control.chaos`: fault injection for users (``--chaos``).
 
-:class:`Controls` says which of them run; the CLI's ``--no-inline``, ``--no-steal``,
+:class:`Controls` says which of them run; the CLI's ``--no-inline``, ``--no-batch``, ``--no-steal``,
 ``--no-forecast`` and ``--adaptive`` set it.
 """
 
@@ -28,6 +29,8 @@ class Controls:
 
     Args:
         inline: tiny tasks run on the local scheduler's threads (hybrid execution).
+        batch: consecutive tiny tasks of a queue share one Ray launch and one slot
+            (:mod:`ray_sched.control.batching`).
         steal: idle local schedulers take queued work from backlogged ones.
         forecast: arrivals are forecast per kind and region; a region about to be busy
             pre-scales (with ``adaptive``) and is steered away from by tasks free to go
@@ -43,6 +46,7 @@ class Controls:
     """
 
     inline: bool = True
+    batch: bool = True
     steal: bool = True
     forecast: bool = True
     adaptive: bool = False
@@ -51,7 +55,7 @@ class Controls:
     control_nice: int = CONTROL_NICE
 
     def __post_init__(self):
-        for name in ("inline", "steal", "forecast", "adaptive"):
+        for name in ("inline", "batch", "steal", "forecast", "adaptive"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"controls.{name} must be True or False, got "
                                   f"{getattr(self, name)!r}")

@@ -76,6 +76,11 @@ class InlineDecider:
         self.n_launches_ += 1
         self.launch_cost_s_ += self.alpha * (cost_s - self.launch_cost_s_)
 
+    def eligible(self, predicted_p90_s: float | None) -> bool:
+        """Whether :meth:`choose` would run a task so predicted inline (nothing counted)."""
+        return (self.enabled and predicted_p90_s is not None
+                and predicted_p90_s < min(MAX_INLINE_P90_S, self.launch_cost_s_))
+
     def choose(self, kind: str, predicted_p90_s: float | None) -> bool:
         """True: run inline. Tasks without a prediction, and every task when disabled,
         go remote."""
@@ -98,6 +103,14 @@ class InlineDecider:
         else:
             self.n_remote_ += 1
         return inline
+
+    def count_batch(self, n: int, inline: bool) -> None:
+        """``n`` tasks went together (a launch batch: remote in one launch, or inline one
+        after another on one thread), decided for the batch rather than each."""
+        if inline:
+            self.n_inline_ += n
+        else:
+            self.n_remote_ += n
 
     def history(self) -> list[dict]:
         """Every mode switch (per kind), oldest first, bounded."""

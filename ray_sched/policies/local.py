@@ -48,6 +48,11 @@ class LocalCore:
         self.queue = ordering.make_queue()
         self.running: dict[str, Task] = {}
         self.busy_cpu = 0.0
+        # Tasks started together on one slot (a launch batch): each task's batch, and per
+        # batch the tasks still running and the slots it holds until the last is done.
+        self._batch_of: dict[str, int] = {}
+        self._batch_left: dict[int, list] = {}
+        self._batches = 0
 
     def enqueue(self, tasks: list[Task]) -> None:
         for task in tasks:
@@ -61,35 +66,85 @@ class LocalCore:
 
     def next_runnable(self) -> list[Task]:
         """Pop every task that can start now, in order, and count it as running."""
-        started = []
+        return [task for launch in self.next_launches() for task in launch]
+
+    def next_launches(self, expected_s=None, budget_s: float = 0.0,
+                      max_batch: int = 1) -> list[list[Task]]:
+        """Pop every task that can start now, in order, grouped by launch.
+
+        Without ``expected_s`` each task is its own launch on its own slots. With it,
+        consecutive tasks of the queue's order share one slot and one launch while each is
+        expected (``expected_s(task)``, None: never batched) to take less than
+        ``budget_s`` together, up to ``max_batch`` tasks and no more than a fair share of
+        the queue per free slot (so that every free slot gets work). Only tasks that fit
+        in one slot are batched. The slot of a batch frees when its last task finishes.
+        """
+        started: list[list[Task]] = []
         queue = self.queue
-        if len(queue) and self.busy_cpu + queue.queued_cpu <= self.slots + 1e-9:
+        if not len(queue):
+            return started
+        batching = expected_s is not None and max_batch > 1 and budget_s > 0
+        if self.busy_cpu + queue.queued_cpu <= self.slots + 1e-9:
             # Everything queued fits: all of it starts now, whatever the order says.
             for task in list(queue):
                 queue.remove(task.task_id)
-                self.busy_cpu += self._demand(task)
-                self.running[task.task_id] = task
-                started.append(task)
+                self._start(task)
+                started.append([task])
             return started
         now = self.clock()
+        free_slots = max(1, int(self.slots - self.busy_cpu + 1e-9))
+        share = max(1, -(-len(queue) // free_slots))  # ceil: the queue over the free slots
+        batch: list[Task] = []
+        batch_s = 0.0
         # The heads in order, scored once for every slot free now (+1: a task may need
         # less than a slot); strict order: the first that does not fit stops the start.
         while len(queue):
             free = self.slots - self.busy_cpu
-            heads = queue.first(max(1, int(free + 1e-9)) + 1, now)
+            want = max(1, int(free + 1e-9)) + 1
+            heads = queue.first(want * min(max_batch, share) if batching else want, now)
             blocked = False
             for head in heads:
+                cost = expected_s(head) if batching and head.cpu <= 1.0 else None
+                if (batch and cost is not None and batch_s + cost <= budget_s + 1e-12
+                        and head.cpu <= batch[0].cpu and len(batch) < min(max_batch, share)):
+                    queue.remove(head.task_id)
+                    self.running[head.task_id] = head
+                    batch.append(head)
+                    batch_s += cost
+                    continue
+                if batch:
+                    self._close_batch(batch)
+                    batch = []
                 demand = self._demand(head)
                 if self.busy_cpu + demand > self.slots + 1e-9:
                     blocked = True
                     break
                 queue.remove(head.task_id)
-                self.busy_cpu += demand
-                self.running[head.task_id] = head
-                started.append(head)
+                self._start(head)
+                if cost is not None and cost < budget_s:
+                    batch, batch_s = [head], cost  # may take the next heads along
+                    started.append(batch)
+                else:
+                    started.append([head])
             if blocked or not heads:
                 break
+        if batch:
+            self._close_batch(batch)
         return started
+
+    def _start(self, task: Task) -> None:
+        self.busy_cpu += self._demand(task)
+        self.running[task.task_id] = task
+
+    def _close_batch(self, batch: list[Task]) -> None:
+        """The tasks of one launch share its first task's slots until the last is done."""
+        if len(batch) < 2:
+            return
+        self._batches += 1
+        key = self._batches
+        for task in batch:
+            self._batch_of[task.task_id] = key
+        self._batch_left[key] = [len(batch), self._demand(batch[0])]
 
     def give_up(self, max_tasks: int, min_runtime_s: float = 0.0) -> list[Task]:
         """Take out (up to) ``max_tasks`` queued tasks for another local scheduler: those
@@ -111,8 +166,17 @@ class LocalCore:
     def finish(self, task_id: str) -> Task | None:
         """Free the slots of a running task; returns it (None if it was not running)."""
         task = self.running.pop(task_id, None)
-        if task is not None:
+        if task is None:
+            return None
+        key = self._batch_of.pop(task_id, None)
+        if key is None:
             self.busy_cpu = max(0.0, self.busy_cpu - self._demand(task))
+            return task
+        left = self._batch_left[key]
+        left[0] -= 1
+        if left[0] <= 0:
+            del self._batch_left[key]
+            self.busy_cpu = max(0.0, self.busy_cpu - left[1])
         return task
 
     def snapshot(self) -> LocalSnapshot:
