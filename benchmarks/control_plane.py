@@ -91,7 +91,8 @@ def run_condition(scenario: str, condition: str, policies: list[str], args,
             started = time.perf_counter()
             result = replay(trace, policy=name, slots=slots, work=work,
                             show_progress=False,
-                            out=out / f"r{repeat}" / scenario / condition / policy.replace(":", "-"),
+                            out=(out / f"r{repeat}" / scenario / condition
+                                 / policy.replace(":", "-")),
                             model_options={"fresh": True, "model_dir": None}, **options)
             summary = result.summary
             rows.append({"scenario": scenario, "condition": condition, "policy": policy,

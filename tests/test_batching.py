@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ray_sched.control.batching import MIN_OBSERVED, LaunchBatcher
-from ray_sched.policies.local import LocalCore
+from ray_sched.core.local_core import LocalCore
 from ray_sched.policies.ordering import Fifo
 from ray_sched.task import Task
 

@@ -11,10 +11,10 @@ from ray_sched.control.stealing import (
     plan_steals,
     predicted_wait_s,
 )
+from ray_sched.core.global_core import GlobalCore
+from ray_sched.core.local_core import LocalCore
 from ray_sched.errors import ConfigError
-from ray_sched.policies.global_core import GlobalCore
 from ray_sched.policies.learned import ExpectedCompletion, LearnedOrdering
-from ray_sched.policies.local import LocalCore
 from ray_sched.policies.ordering import Fifo
 from ray_sched.policies.placement import LeastLoaded, LoadTable, WorkerLoad
 from ray_sched.task import Task

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ray_sched.policies.global_core import GlobalCore
-from ray_sched.policies.local import LocalCore
+from ray_sched.core.global_core import GlobalCore
+from ray_sched.core.local_core import LocalCore
 from ray_sched.policies.ordering import DeclaredPriority, Fifo
 from ray_sched.policies.placement import LeastLoaded, RoundRobin, WorkerLoad
 from ray_sched.task import Completion, Task
@@ -439,3 +439,138 @@ def test_outstanding_counts_waiting_and_placed_tasks_until_recorded():
     assert core.outstanding() == 2
     core.complete([ok("b"), ok("c")])
     assert core.outstanding() == 0
+
+
+# ====================================================== GlobalCore: events in, actions out
+# Recovery, work stealing and forecast steering driven through the core alone, with no
+# Ray: what the GlobalScheduler actor and the simulator both carry out.
+from ray_sched.core.actions import Hint, Learn, Place, Record, Steal  # noqa: E402
+from ray_sched.policies.placement import PlacementPolicy  # noqa: E402
+
+
+class AlwaysFirst(PlacementPolicy):
+    """Places every task on local scheduler 0 (a misprediction's worst case)."""
+
+    def choose(self, task, loads):
+        return 0, "always the first"
+
+
+def predicted(task_id: str, seconds: float = 1.0, **fields) -> Task:
+    return Task(task_id, arrival_s=0.0, predicted_runtime_s=seconds,
+                predicted_mean_s=seconds, **fields)
+
+
+def places(actions) -> dict[int, list[str]]:
+    return {a.index: ids(a.tasks) for a in actions if isinstance(a, Place)}
+
+
+def test_arrivals_become_one_place_action_per_local_scheduler_and_failures_a_record():
+    core = GlobalCore(RoundRobin(), [WorkerLoad("a", 1), WorkerLoad("b", 1)], clock=lambda: NOW)
+    core.admit([Task("p", arrival_s=0.0)])
+    core.complete([Completion("p", "failed", error="boom")])
+    actions = core.on_arrivals([Task(f"t{i}", arrival_s=0.0) for i in range(4)]
+                               + [Task("child", arrival_s=0.0, parents=("p",))])
+    sent = places(actions)
+    assert sorted(sent) == [0, 1] and [len(v) for v in sent.values()] == [2, 2]
+    assert sorted(sent[0] + sent[1]) == ["t0", "t1", "t2", "t3"]
+    record = [a for a in actions if isinstance(a, Record)]
+    assert [c.task_id for c in record[0].completions] == ["child"]
+
+
+def test_completions_return_what_to_learn_children_to_place_and_the_record():
+    core = GlobalCore(RoundRobin(), [WorkerLoad("a", 2)], clock=lambda: NOW, learning=True,
+                      keep_tasks=True)
+    parent = Task("p", arrival_s=0.0, payload=b"fn")
+    core.on_arrivals([parent, Task("c", arrival_s=0.0, parents=("p",))])
+    done = Completion("p", "ok", start_wall=1.0, finish_wall=1.5)
+    actions = core.on_completions(0, [done], {"slots": 3.0, "admitting": True})
+    learn, place, record = actions
+    assert isinstance(learn, Learn) and ids(learn.tasks) == ["p"]
+    assert learn.tasks[0].payload is None and learn.runtimes_s == [0.5]
+    assert place == Place(0, [core.ledger["c"].task])
+    assert isinstance(record, Record) and record.tasks["p"] is parent
+    assert core.loads.slots[0] == 3.0  # the state it sent moved its slots
+
+
+def test_work_stealing_through_the_core_moves_the_last_queued_tasks_to_an_idle_one():
+    core = GlobalCore(AlwaysFirst(), [WorkerLoad("a", 2), WorkerLoad("b", 2)],
+                      clock=lambda: NOW, steal=True)
+    core.on_arrivals([predicted(f"t{i}") for i in range(8)])
+    steals = [a for a in core.on_tick() if isinstance(a, Steal)]
+    assert [(s.victim, s.thief) for s in steals] == [(0, 1)] and steals[0].max_tasks == 2
+    # The victim gives up its last two; one of them finished meanwhile and stays put.
+    core.on_completions(0, [Completion("t7", "ok")])
+    moved = core.on_given_up(steals[0], ["t6", "t7"])
+    assert moved == [Place(1, [core.ledger["t6"].task])]
+    assert core.ledger["t6"].worker == 1 and core.n_steals == 1 and core.n_tasks_stolen == 1
+    assert [d["event"] for d in core.story("t6")] == ["placed", "stolen"]
+    # Nobody to steal for while the thief is being replaced.
+    assert not [a for a in core.on_tick(skip={1}) if isinstance(a, Steal)]
+
+
+def test_a_lost_local_scheduler_s_tasks_go_out_again_through_the_core():
+    core = GlobalCore(RoundRobin(), [WorkerLoad("a", 1), WorkerLoad("b", 1)], clock=lambda: NOW)
+    core.on_arrivals([Task(f"t{i}", arrival_s=0.0) for i in range(4)])
+    held = [tid for tid, entry in core.ledger.items() if entry.worker == 0]
+    again = core.on_lost(0, "a lost", replaced=True, where="on node n2")
+    assert sorted(sum(places(again).values(), [])) == sorted(held)
+    assert any(d["event"] == "replaced" and "on node n2; 2 task(s) placed again" in d["reason"]
+               for d in core.story(""))
+    # Not replaced: it is marked dead and nothing goes there again.
+    again = core.on_lost(1, "b lost", replaced=False)
+    assert set(places(again)) == {0} and not core.loads.alive[1]
+
+
+def test_a_restarted_core_rebuilds_its_ledger_from_what_survived():
+    core = GlobalCore(RoundRobin(), [WorkerLoad("a", 2), WorkerLoad("b", 2)], clock=lambda: NOW)
+    tasks = [Task("queued-a", arrival_s=0.0), Task("running-b", arrival_s=0.0),
+             Task("in-transit", arrival_s=0.0), Task("done-unacked", arrival_s=0.0),
+             Task("child-of-ok", arrival_s=0.0, parents=("ok-parent",)),
+             Task("child-of-failed", arrival_s=0.0, parents=("failed-parent",))]
+    held = [["queued-a"], ["running-b"]]
+    held_back = [(1, [Completion("done-unacked", "ok")])]
+    actions = core.rebuild(tasks, ["failed-parent"], held, held_back)
+    assert core.n_rebuilt == (3, 3)
+    # Held tasks stay where they are (no Place); the rest go out again, the child of the
+    # recorded-ok parent at once, the child of the failed parent fails.
+    sent = sum(places(actions).values(), [])
+    assert sorted(sent) == ["child-of-ok", "in-transit"]
+    assert [c.task_id for a in actions if isinstance(a, Record) for c in a.completions] == [
+        "child-of-failed"]
+    assert core.ledger["queued-a"].worker == 0 and core.ledger["running-b"].worker == 1
+    # The completion that arrived before the rebuild is recorded once, where it ran.
+    recorded = core.on_completions(1, held_back[0][1])
+    assert [c.task_id for a in recorded for c in a.completions] == ["done-unacked"]
+    assert core.on_completions(1, held_back[0][1]) == []
+
+
+class BurstAhead:
+    """A forecaster that always sees 6 slot-seconds per second coming to region us."""
+
+    window_s = 1.0
+
+    def forecast(self, horizon, by="region"):
+        return {"us": {"work_s_per_s": 6.0}}
+
+    def burst_ahead(self, region, capacity, horizon):
+        return region == "us"
+
+    def observe(self, kinds, regions, work):
+        self.seen = len(kinds)
+
+
+def test_forecast_steering_through_the_core_sets_waits_and_hints_demand():
+    clock = [NOW]
+    loads = [WorkerLoad("us-1", 2, region="us"), WorkerLoad("us-2", 2, region="us"),
+             WorkerLoad("eu-1", 4, region="eu")]
+    core = GlobalCore(RoundRobin(), loads, clock=lambda: clock[0], forecaster=BurstAhead(),
+                      adaptive=True)
+    core.on_arrivals([Task("t", arrival_s=0.0)])
+    assert core.forecaster.seen == 1
+    hints = [a for a in core.on_tick() if isinstance(a, Hint)]
+    assert [(h.index, h.busy_slots) for h in hints] == [(0, 3.0), (1, 3.0), (2, 0.0)]
+    # (6 - 4) slot-s/s over 2 windows, spread over the region's 4 slots.
+    assert list(core.loads.forecast_wait_s) == [1.0, 1.0, 0.0]
+    assert core.on_tick() == []  # acted on at most once a second
+    clock[0] += 1.0
+    assert len(core.on_tick()) == 3

@@ -378,7 +378,7 @@ def test_first_gives_the_same_order_as_successive_pops(k):
 
 
 def test_a_local_core_fills_every_free_slot_in_order_from_one_pass():
-    from ray_sched.policies.local import LocalCore
+    from ray_sched.core.local_core import LocalCore
 
     core = LocalCore("l", 3, LearnedOrdering(fairness_weight=0, age_weight=0),
                      clock=lambda: 0.0)

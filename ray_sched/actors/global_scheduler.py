@@ -1,8 +1,11 @@
-"""The GlobalScheduler actor: a thin Ray wrapper around :class:`GlobalCore`.
+"""The GlobalScheduler actor: the Ray engine of :class:`GlobalCore`.
 
-It creates one LocalScheduler actor per entry of its plan (pinned to that
-entry's node), places arriving tasks, records completions once each and hands
-them to the driver through ``take()`` (a long poll, so results stream back
+Every decision is the core's (placement, release of children, recovery's ledger, work
+stealing, forecast steering): events go in, actions (:mod:`ray_sched.core.actions`) come
+out, and this actor carries them out over Ray. It finds or starts one LocalScheduler
+actor per entry of its plan (pinned to that entry's node), keeps the learner's snapshot
+to predict with, feeds the monitor, replaces lost local schedulers, and hands recorded
+completions to the driver through ``take()`` (a long poll, so results stream back
 without a busy loop).
 """
 
@@ -24,13 +27,14 @@ from ray_sched.actors.monitor_actor import MonitorActor
 from ray_sched.control import Controls
 from ray_sched.control.forecast import WorkloadForecaster
 from ray_sched.control.priority import set_process_nice
-from ray_sched.control.stealing import MIN_STEAL_RUNTIME_S, STEAL_EVERY_S, plan_steals
+from ray_sched.control.stealing import STEAL_EVERY_S
+from ray_sched.core.actions import Action, Hint, Learn, Place, Record, Steal
+from ray_sched.core.global_core import GlobalCore
 from ray_sched.learner import FallbackPredictor
 from ray_sched.monitor.cpu import process_cpu_s
 from ray_sched.policies import ORDERINGS, PLACEMENTS
-from ray_sched.policies.global_core import GlobalCore
 from ray_sched.policies.placement import WorkerLoad
-from ray_sched.task import Completion, Task, without_payload
+from ray_sched.task import Completion, Task
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +61,6 @@ NODE_CHECK_EVERY_S = 2.0
 REPLACEMENT_START_TIMEOUT_S = 60.0
 #: The namespace of the named detached actors (local schedulers, learner, monitor).
 ACTOR_NAMESPACE = "ray_sched"
-#: The forecast looks this many of its windows ahead (a burst is acted on that early).
-FORECAST_HORIZON_WINDOWS = 2
 
 
 def actor_options(prefix: str | None, role: str, *, detached: bool) -> dict:
@@ -154,7 +156,11 @@ class GlobalScheduler:
         self.n_replacements = 0
         loads = [WorkerLoad(name=e["name"], slots=e["slots"], region=e.get("region"),
                             node=e["node_id"]) for e in plan]
-        self.core = GlobalCore(PLACEMENTS[placement](seed=seed), loads)
+        self.core = GlobalCore(
+            PLACEMENTS[placement](seed=seed), loads,
+            steal=self.controls.steal, adaptive=self.controls.adaptive,
+            forecaster=WorkloadForecaster() if self.controls.forecast else None,
+            learning=self.learner is not None, keep_tasks=monitor_options is not None)
         self.snapshots: dict[str, dict] = {}
         self._outbox: list[Completion] = []
         self._ready = asyncio.Event()
@@ -171,13 +177,9 @@ class GlobalScheduler:
         self._learner_reachable = True
         self._nodes_checked = 0.0
         self.epoch = time.time()
-        # Adaptive control: work stealing and the workload forecast (control/).
+        # Adaptive control: work stealing and the workload forecast, at each tick.
         self._control_task: asyncio.Task | None = None
-        self.forecaster = WorkloadForecaster() if self.controls.forecast else None
         self._index_of = {entry["name"]: index for index, entry in enumerate(self.plan)}
-        self._forecast_checked = 0.0
-        self.n_steals = 0
-        self.n_tasks_stolen = 0
 
     def _start_local(self, entry: dict):
         """A local scheduler started here (detached: it outlives this actor)."""
@@ -215,8 +217,8 @@ class GlobalScheduler:
         """The health check with the monitor's feed, and the control loop (once each)."""
         if self._monitor_task is None:
             self._monitor_task = asyncio.ensure_future(self._monitor_loop())
-        if self._control_task is None and (self.forecaster is not None or (
-                self.controls.steal and len(self.locals) > 1)):
+        if self._control_task is None and (self.core.forecaster is not None or (
+                self.core.steal and len(self.locals) > 1)):
             self._control_task = asyncio.ensure_future(self._control_loop())
 
     async def warmup(self) -> None:
@@ -228,12 +230,21 @@ class GlobalScheduler:
             task.received_wall = now
         if self.learner is not None:
             self._predict(tasks)
-        if self.forecaster is not None:
-            self.forecaster.observe([t.kind for t in tasks], [t.region for t in tasks],
-                                    [_work_s(t) for t in tasks])
-        placements, failed = self.core.admit(tasks)
-        self._send(placements)
-        self._record(failed, {t.task_id: t for t in tasks} if failed else {})
+        self._carry_out(self.core.on_arrivals(tasks))
+
+    def _carry_out(self, actions: list[Action]) -> None:
+        """Do what the core decided (work steals go through :meth:`_steal`)."""
+        for action in actions:
+            if isinstance(action, Place):
+                self.locals[action.index].enqueue.remote(action.tasks)
+            elif isinstance(action, Record):
+                self._record(action.completions, action.tasks)
+            elif isinstance(action, Learn):
+                self._observe(action.tasks, action.runtimes_s)
+            elif isinstance(action, Hint):
+                self.locals[action.index].hint_demand.remote(action.busy_slots)
+            elif isinstance(action, Steal):
+                self._track(self._steal(action))
 
     def _predict(self, tasks: list[Task]) -> None:
         """Predictions from the learner's latest snapshot, in this process; the heuristic
@@ -279,14 +290,10 @@ class GlobalScheduler:
             for local in self.locals:
                 local.set_model.remote(update.model)
 
-    def _observe(self, completions: list[Completion]) -> None:
+    def _observe(self, learnt: list[Task], runtimes_s: list[float]) -> None:
         tasks, measured = self._to_learn
-        for completion in completions:
-            entry = self.core.ledger.get(completion.task_id)
-            runtime = completion.measured_runtime_s
-            if entry is not None and completion.status == "ok" and runtime is not None:
-                tasks.append(without_payload(entry.task))
-                measured.append(runtime)
+        tasks.extend(learnt)
+        measured.extend(runtimes_s)
         if tasks and not self._learn_pending:
             self._learn_pending = True
             delay = 0.0 if self.n_sent_to_learner < OBSERVE_AT_ONCE_UNTIL else OBSERVE_EVERY_S
@@ -331,15 +338,8 @@ class GlobalScheduler:
             self._held_back.append((local_name, completions, snapshot))
             return
         self.snapshots[local_name] = snapshot
-        self._follow(local_name, snapshot)
-        if self.learner is not None:
-            self._observe(completions)
-        ledger = self.core.ledger
-        tasks = ({c.task_id: ledger[c.task_id].task for c in completions
-                  if c.task_id in ledger} if self.monitor is not None else {})
-        recorded, placements = self.core.complete(completions)
-        self._send(placements)
-        self._record(recorded, tasks)
+        self._carry_out(self.core.on_completions(self._index_of.get(local_name), completions,
+                                                 snapshot))
 
     async def take(self, wait_s: float = 0.5) -> tuple[str, list[Completion]]:
         """(this incarnation's id, completions recorded since the last call); waits up to
@@ -389,31 +389,16 @@ class GlobalScheduler:
             if isinstance(ids, BaseException):
                 log.warning("recovery: %s did not answer (%s); its tasks are placed again",
                             entry["name"], ids)
-        where = {task_id: index for index, ids in enumerate(held)
-                 if not isinstance(ids, BaseException) for task_id in ids}
-        # Completions that reached this incarnation before now count as held where they
-        # ran: they are recorded right after the ledger is rebuilt.
-        for local_name, completions, _ in self._held_back:
-            index = self._index_of.get(local_name)
-            if index is not None:
-                where.update((c.task_id, index) for c in completions)
-        pending = {task.task_id for task in tasks}
-        failed = set(failed_ids)
-        for task in tasks:
-            for parent in task.parents:
-                if parent not in pending:
-                    self.core.finished[parent] = parent not in failed
         if self.learner is not None and self.model is None:
             await self._first_snapshot()
         if self.learner is not None and tasks:
             self._predict(tasks)  # the driver's copies carry no prediction
-        kept = [(task, where[task.task_id]) for task in tasks if task.task_id in where]
-        again = [task for task in tasks if task.task_id not in where]
-        self.core.adopt(kept, "held by its local scheduler when the global scheduler "
-                              "restarted")
-        placements, failed_now = self.core.admit(again)
-        self._send(placements)
-        self._record(failed_now, {t.task_id: t for t in again} if failed_now else {})
+        # Completions that reached this incarnation before now count as held where they
+        # ran: they are recorded right after the ledger is rebuilt.
+        self._carry_out(self.core.rebuild(
+            tasks, failed_ids, [None if isinstance(ids, BaseException) else ids for ids in held],
+            [(self._index_of.get(name), completions) for name, completions, _ in self._held_back]))
+        kept, again = self.core.n_rebuilt
         self._awaiting_recovery = False
         held_back, self._held_back = self._held_back, []
         for local_name, completions, snapshot in held_back:
@@ -421,8 +406,8 @@ class GlobalScheduler:
         # The health check replaces any local scheduler that did not answer above.
         self._start_loops()
         log.warning("restarted: %d task(s) held by local schedulers, %d placed anew",
-                    len(kept), len(again))
-        return {"restarted": True, "held": len(kept), "placed_again": len(again)}
+                    kept, again)
+        return {"restarted": True, "held": kept, "placed_again": again}
 
     async def stats(self) -> dict:
         """Outstanding tasks and the latest snapshot of each local scheduler."""
@@ -523,13 +508,6 @@ class GlobalScheduler:
             ray.kill(self.learner)
         return info
 
-    def _send(self, placements: list[tuple[int, Task]]) -> None:
-        by_worker: dict[int, list[Task]] = {}
-        for index, task in placements:
-            by_worker.setdefault(index, []).append(task)
-        for index, tasks in by_worker.items():
-            self.locals[index].enqueue.remote(tasks)
-
     def _record(self, completions: list[Completion], tasks: dict[str, Task]) -> None:
         if completions:
             self.n_recorded += len(completions)
@@ -540,73 +518,29 @@ class GlobalScheduler:
                                              for c in completions)
 
     # -- adaptive control: work stealing, forecasts, adaptive slots ----------------------
-    def _follow(self, local_name: str, snapshot: dict) -> None:
-        """A local scheduler's slots (adaptive concurrency moves them) and whether it admits
-        new tasks (not while its node's memory is short) go into the load table."""
-        index = self._index_of.get(local_name)
-        if index is None:
-            return
-        loads = self.core.loads
-        slots = snapshot.get("slots")
-        if slots and slots != loads.slots[index]:
-            loads.slots[index] = slots
-        admitting = snapshot.get("admitting", True)
-        if admitting != bool(loads.admitting[index]):
-            loads.set_admitting(index, admitting)
-            self.core.log_event("admitting" if admitting else "not-admitting", local_name,
-                                "memory back under its resume level" if admitting
-                                else "its node's memory is short: placing elsewhere")
-
     async def _control_loop(self) -> None:
         while True:
             await asyncio.sleep(STEAL_EVERY_S)
             try:
-                if self.controls.steal and len(self.locals) > 1:
-                    await self._balance()
-                now = time.monotonic()
-                if self.forecaster is not None and now - self._forecast_checked >= 1.0:
-                    self._forecast_checked = now
-                    self._act_on_forecast()
+                # One steal at a time, each planned on the load table its predecessor left.
+                for action in self.core.on_tick(skip=self._recovering):
+                    if isinstance(action, Steal):
+                        await self._steal(action)
+                    else:
+                        self._carry_out([action])
             except Exception:  # noqa: BLE001 - control must never stop scheduling
                 log.exception("control pass failed")
 
-    async def _balance(self) -> None:
-        """One balance pass: plan moves on the load table, ask each victim for its tasks
-        that would run last, move them in the ledger and send them to the thief."""
-        for steal in plan_steals(self.core.loads):
-            victim = self.locals[steal.victim]
-            if steal.victim in self._recovering or steal.thief in self._recovering:
-                continue
-            try:
-                task_ids = await victim.give_up.remote(steal.max_tasks, MIN_STEAL_RUNTIME_S)
-            except ray.exceptions.RayActorError:
-                continue  # the health check replaces it and places its tasks again
-            if self.locals[steal.victim] is not victim:
-                continue  # replaced meanwhile: its tasks were placed again already
-            moved = self.core.move(task_ids, steal.victim, steal.thief, steal.reason)
-            if moved:
-                self.n_steals += 1
-                self.n_tasks_stolen += len(moved)
-                self.locals[steal.thief].enqueue.remote(moved)
-
-    def _act_on_forecast(self) -> None:
-        """Per region of local schedulers: when the forecast work overflows its slots within
-        the horizon, steer tasks free to go elsewhere away from it (an expected wait in the
-        load table) and, with adaptive concurrency, tell each of its local schedulers the
-        slots it will need (they pre-scale)."""
-        loads = self.core.loads
-        horizon = FORECAST_HORIZON_WINDOWS
-        forecast = self.forecaster.forecast(horizon, by="region")
-        for region, members in _by_region(self.plan).items():
-            capacity = float(loads.slots[members].sum())
-            need = forecast.get(region, {}).get("work_s_per_s", 0.0)
-            burst = self.forecaster.burst_ahead(region, capacity, horizon)
-            excess_s = max(0.0, need - capacity) * horizon * self.forecaster.window_s
-            loads.forecast_wait_s[members] = excess_s / capacity if burst else 0.0
-            if self.controls.adaptive:
-                for index in members:
-                    self.locals[index].hint_demand.remote(
-                        need * float(loads.slots[index]) / capacity)
+    async def _steal(self, steal: Steal) -> None:
+        """Ask the victim for its tasks that would run last; the core moves them."""
+        victim = self.locals[steal.victim]
+        try:
+            task_ids = await victim.give_up.remote(steal.max_tasks, steal.min_runtime_s)
+        except ray.exceptions.RayActorError:
+            return  # the health check replaces it and places its tasks again
+        if self.locals[steal.victim] is not victim or steal.thief in self._recovering:
+            return  # replaced meanwhile: its tasks were placed again already
+        self._carry_out(self.core.on_given_up(steal, task_ids))
 
     async def control_stats(self) -> dict:
         """Work stealing counts, the forecast's error and burst warnings, and each local
@@ -616,9 +550,10 @@ class GlobalScheduler:
             return_exceptions=True)
         return {
             "controls": self.controls.as_dict(),
-            "steals": self.n_steals, "tasks_stolen": self.n_tasks_stolen,
-            "forecast": None if self.forecaster is None else {
-                **self.forecaster.stats(), "burst_warnings": self.forecaster.history()},
+            "steals": self.core.n_steals, "tasks_stolen": self.core.n_tasks_stolen,
+            "forecast": None if self.core.forecaster is None else {
+                **self.core.forecaster.stats(),
+                "burst_warnings": self.core.forecaster.history()},
             "concurrency": {entry["name"]: (None if isinstance(one, BaseException) else one)
                             for entry, one in zip(self.plan, concurrency)},
         }
@@ -730,13 +665,11 @@ class GlobalScheduler:
             self.snapshots.pop(entry["name"], None)
             self._lost.discard(entry["name"])
             self.n_replacements += 1
-            reason = f"{entry['name']} lost ({type(error).__name__})"
-            placements = self.core.lose_worker(index, reason, replaced=True)
-            self.core.log_event("replaced", entry["name"],
-                                f"on node {node[:12]}; {len(placements)} task(s) placed again")
+            actions = self.core.on_lost(index, f"{entry['name']} lost ({type(error).__name__})",
+                                        replaced=True, where=f"on node {node[:12]}")
             log.warning("%s was lost; replaced on node %s, %d task(s) placed again",
-                        entry["name"], node[:12], len(placements))
-            self._send(placements)
+                        entry["name"], node[:12], sum(len(a.tasks) for a in actions))
+            self._carry_out(actions)
         finally:
             self._recovering.discard(index)
 
@@ -777,20 +710,6 @@ class GlobalScheduler:
         return output
 
 
-
-
-def _work_s(task: Task) -> float:
-    """A task's predicted work in slot-seconds, for the forecast (0 when unpredicted)."""
-    runtime = task.predicted_mean_s or task.predicted_runtime_s or 0.0
-    return max(0.0, float(runtime)) * task.cpu
-
-
-def _by_region(plan: list[dict]) -> dict[str, list[int]]:
-    """Plan indices per region (``""`` for local schedulers without one)."""
-    groups: dict[str, list[int]] = {}
-    for index, entry in enumerate(plan):
-        groups.setdefault(entry.get("region") or "", []).append(index)
-    return groups
 
 
 def monitor_record(completion: Completion, task: Task | None) -> tuple:

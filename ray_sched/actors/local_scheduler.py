@@ -32,10 +32,10 @@ from ray_sched.control.batching import LaunchBatcher
 from ray_sched.control.concurrency import ConcurrencyController, node_load
 from ray_sched.control.inline import InlineDecider
 from ray_sched.control.priority import set_process_nice
+from ray_sched.core.local_core import LocalCore
 from ray_sched.monitor.cpu import process_cpu_s
 from ray_sched.policies import ORDERINGS
 from ray_sched.policies.learned import REFRESH_EVERY_S, REFRESH_MAX_TASKS
-from ray_sched.policies.local import LocalCore
 from ray_sched.task import Completion, Task
 
 log = logging.getLogger(__name__)

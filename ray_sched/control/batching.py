@@ -100,7 +100,7 @@ class LaunchBatcher:
         return measured if measured is not None else task.predicted_p90_s
 
     def rule(self, launch_cost_s: float):
-        """What :meth:`ray_sched.policies.local.LocalCore.next_launches` needs, for a
+        """What :meth:`ray_sched.core.local_core.LocalCore.next_launches` needs, for a
         launch that costs ``launch_cost_s``: ``(expected_s, budget_s, max_batch)``, where a
         task is batched only when it is tiny (expected shorter than :attr:`tiny_launches`
         launch costs) and a launch carries :attr:`work_per_launch` launch costs of expected

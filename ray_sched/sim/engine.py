@@ -16,13 +16,14 @@ import gc
 import heapq
 import itertools
 
+from ray_sched.core.actions import Learn, Place, Record
+from ray_sched.core.global_core import GlobalCore
+from ray_sched.core.local_core import LocalCore
 from ray_sched.errors import ConfigError
 from ray_sched.learner import Learner
 from ray_sched.learner.learner import ObservationBuffer
 from ray_sched.policies import resolve_policy
-from ray_sched.policies.global_core import GlobalCore
 from ray_sched.policies.learned import REFRESH_EVERY_S, REFRESH_MAX_TASKS
-from ray_sched.policies.local import LocalCore
 from ray_sched.policies.placement import WorkerLoad
 from ray_sched.task import Completion, Task
 from ray_sched.topology import NodeInfo, plan_local_schedulers
@@ -128,12 +129,12 @@ def _simulate(tasks, *, policy, slots, nodes, local_schedulers, regions, launch_
                for e in plan]
     loads = [WorkerLoad(name=e["name"], slots=e["slots"], region=e["region"], node=e["node_id"])
              for e in plan]
-    core = GlobalCore(spec.make_placement(seed), loads, clock=clock)
     if learner is None and spec.needs_predictions:
         learner = Learner()
+    core = GlobalCore(spec.make_placement(seed), loads, clock=clock,
+                      learning=learner is not None)
     # Work on copies: a simulation leaves the caller's tasks as they were.
     tasks = [_fresh_copy(task) for task in tasks]
-    by_id = {task.task_id: task for task in tasks}
     arrivals = sorted(tasks, key=lambda t: (t.arrival_s, t.task_id))
     arrival_times = [t.arrival_s for t in arrivals]
     completions: dict[str, Completion] = {}
@@ -159,15 +160,20 @@ def _simulate(tasks, *, policy, slots, nodes, local_schedulers, regions, launch_
             start = clock.now + launch_overhead_s
             push(start + task.runtime_s, _FINISH, "finish", (index, task, start, task.attempts))
 
-    def deliver(placements: list[tuple[int, Task]]) -> None:
-        by_worker: dict[int, list[Task]] = {}
-        for index, task in placements:
-            by_worker.setdefault(index, []).append(task)
-        for index in sorted(by_worker):
-            if network_delay_s:
-                push(clock.now + network_delay_s, _DELIVER, "deliver", (index, by_worker[index]))
-            else:
-                arrive(index, by_worker[index])
+    def carry_out(actions: list) -> None:
+        """The core's actions on virtual time (the GlobalScheduler actor's, over Ray)."""
+        for action in actions:
+            if isinstance(action, Place):
+                if network_delay_s:
+                    push(clock.now + network_delay_s, _DELIVER, "deliver",
+                         (action.index, action.tasks))
+                else:
+                    arrive(action.index, action.tasks)
+            elif isinstance(action, Record):
+                for completion in action.completions:
+                    completions[completion.task_id] = completion
+            elif isinstance(action, Learn):
+                learning.add(action.tasks, action.runtimes_s)
 
     def arrive(index: int, batch: list[Task]) -> None:
         if index in lost:  # sent before the loss was known: the re-placement covers them
@@ -178,15 +184,7 @@ def _simulate(tasks, *, policy, slots, nodes, local_schedulers, regions, launch_
     def report() -> None:
         nonlocal reported
         batch, reported = reported, []
-        recorded, placements = core.complete(batch)
-        for completion in recorded:
-            completions[completion.task_id] = completion
-        if learning is not None:
-            ok = [c for c in recorded if c.status == "ok"]
-            if ok:
-                learning.add([by_id[c.task_id] for c in ok],
-                             [c.finish_wall - c.start_wall for c in ok])
-        deliver(placements)
+        carry_out(core.on_completions(None, batch))
 
     def admit_arrivals() -> None:
         nonlocal next_arrival, last_refresh
@@ -204,16 +202,13 @@ def _simulate(tasks, *, policy, slots, nodes, local_schedulers, regions, launch_
                 last_refresh = clock.now
                 refresh_queues([local.queue for i, local in enumerate(locals_)
                                 if i not in lost], learner)
-        placements, failed = core.admit(batch)
-        for completion in failed:
-            completions[completion.task_id] = completion
-        deliver(placements)
+        carry_out(core.on_arrivals(batch))
 
     def lose_node(node: int) -> None:
         for index, entry in enumerate(plan):
             if entry["node_id"] == f"node-{node}" and index not in lost:
                 lost.add(index)
-                deliver(core.lose_worker(index, f"node-{node} lost"))
+                carry_out(core.on_lost(index, f"node-{node} lost", replaced=False))
 
     last_refresh = 0.0
     next_arrival = 0

@@ -1,23 +1,33 @@
-"""The logic of the global scheduler: the ledger, task-tree release and placement.
+"""The logic of the global scheduler: the ledger, task-tree release, placement, recovery,
+work stealing and forecast steering.
 
-Plain Python, no Ray. The GlobalScheduler actor wraps it; the simulator drives
-it on virtual time. Invariant: a task stays in the ledger from admission until
+Plain Python, no Ray. Events go in (``on_arrivals``, ``on_completions``, ``on_tick``,
+``on_given_up``, ``on_lost``, ``rebuild``) and actions come out
+(:mod:`ray_sched.core.actions`): the GlobalScheduler actor carries them out over Ray, the
+simulator on virtual time. Invariant: a task stays in the ledger from admission until
 its completion is recorded, and it is recorded once.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
 
 import pandas as pd
 
+from ray_sched.control.stealing import MIN_STEAL_RUNTIME_S, plan_steals
+from ray_sched.core.actions import Action, Hint, Learn, Place, Record, Steal
 from ray_sched.policies.placement import LoadTable, PlacementPolicy, WorkerLoad
-from ray_sched.task import Completion, Task
+from ray_sched.task import Completion, Task, without_payload
 
 #: Decisions kept for ``story()``; enough for a long replay, bounded for a service.
 DECISION_LOG_SIZE = 100_000
+#: The workload forecast is acted on at most this often (its windows are a second).
+FORECAST_EVERY_S = 1.0
+#: The forecast looks this many of its windows ahead (a burst is acted on that early).
+FORECAST_HORIZON_WINDOWS = 2
 
 
 @dataclass(slots=True)
@@ -53,10 +63,20 @@ class GlobalCore:
         placement: the placement policy.
         workers: one load record per local scheduler (index = worker id).
         clock: wall clock, replaceable for tests and the simulator.
+        steal: plan work stealing at each tick (with more than one local scheduler).
+        forecaster: a :class:`ray_sched.control.forecast.WorkloadForecaster` fed with
+            arrivals and acted on at ticks (None: no forecast).
+        adaptive: with a forecaster, tell each local scheduler the slots it will need
+            (:class:`~ray_sched.core.actions.Hint`).
+        learning: completions come back with a :class:`~ray_sched.core.actions.Learn`
+            action (a learner is fed).
+        keep_tasks: recorded completions carry their task records (for the monitor).
     """
 
     def __init__(self, placement: PlacementPolicy, workers: list[WorkerLoad], *,
-                 clock=time.time, decision_log_size: int = DECISION_LOG_SIZE):
+                 clock=time.time, decision_log_size: int = DECISION_LOG_SIZE,
+                 steal: bool = False, forecaster=None, adaptive: bool = False,
+                 learning: bool = False, keep_tasks: bool = False):
         if not workers:
             raise ValueError("a global scheduler needs at least one local scheduler")
         self.placement = placement
@@ -68,6 +88,171 @@ class GlobalCore:
         self.decisions: deque[Decision] = deque(maxlen=decision_log_size)
         self.n_decisions = 0  # ever logged, for decisions/s
         self._seq = 0
+        self.steal = steal
+        self.forecaster = forecaster
+        self.adaptive = adaptive
+        self.learning = learning
+        self.keep_tasks = keep_tasks
+        self.n_steals = 0
+        self.n_tasks_stolen = 0
+        self.n_rebuilt = (0, 0)  # the last rebuild: tasks kept where held, admitted anew
+        self._forecast_checked = -math.inf
+
+    # -- events in, actions out ----------------------------------------------------------
+    def on_arrivals(self, tasks: list[Task]) -> list[Action]:
+        """New tasks: placements, and the completions of those failed at once (a failed
+        parent). Arrivals feed the forecast."""
+        if self.forecaster is not None:
+            self.forecaster.observe([t.kind for t in tasks], [t.region for t in tasks],
+                                    [_work_s(t) for t in tasks])
+        placements, failed = self.admit(tasks)
+        actions = self.places(placements)
+        if failed:
+            actions.append(Record(failed, {t.task_id: t for t in tasks}))
+        return actions
+
+    def on_completions(self, index: int | None, completions: list[Completion],
+                       state: dict | None = None) -> list[Action]:
+        """Completions from the local scheduler at ``index``, with its ``state`` (slots,
+        admitting) when it sent one: what to learn, children to place, what is recorded."""
+        if index is not None and state is not None:
+            self.on_local_state(index, state.get("slots"), state.get("admitting", True))
+        actions: list[Action] = []
+        ledger = self.ledger
+        if self.learning:
+            learn = [(without_payload(ledger[c.task_id].task), c.measured_runtime_s)
+                     for c in completions
+                     if c.status == "ok" and c.measured_runtime_s is not None
+                     and c.task_id in ledger]
+            if learn:
+                actions.append(Learn([task for task, _ in learn], [r for _, r in learn]))
+        tasks = ({c.task_id: ledger[c.task_id].task for c in completions
+                  if c.task_id in ledger} if self.keep_tasks else {})
+        recorded, placements = self.complete(completions)
+        actions.extend(self.places(placements))
+        if recorded:
+            actions.append(Record(recorded, tasks))
+        return actions
+
+    def on_local_state(self, index: int, slots: float | None, admitting: bool) -> None:
+        """A local scheduler's slots (adaptive concurrency moves them) and whether it admits
+        new tasks (not while its node's memory is short) go into the load table."""
+        loads = self.loads
+        if slots and slots != loads.slots[index]:
+            loads.slots[index] = slots
+        if admitting != bool(loads.admitting[index]):
+            loads.set_admitting(index, admitting)
+            self.log_event("admitting" if admitting else "not-admitting", loads.names[index],
+                           "memory back under its resume level" if admitting
+                           else "its node's memory is short: placing elsewhere")
+
+    def on_tick(self, skip: set[int] = frozenset()) -> list[Action]:
+        """A control pass: work steals to ask for (none involving the local schedulers in
+        ``skip``, e.g. being replaced) and, at most every :data:`FORECAST_EVERY_S`, the
+        forecast's steering (see :meth:`steer`)."""
+        actions: list[Action] = []
+        if self.steal and len(self.loads) > 1:
+            actions.extend(Steal(s.victim, s.thief, s.max_tasks, MIN_STEAL_RUNTIME_S, s.reason)
+                           for s in plan_steals(self.loads)
+                           if s.victim not in skip and s.thief not in skip)
+        now = self.clock()
+        if self.forecaster is not None and now - self._forecast_checked >= FORECAST_EVERY_S:
+            self._forecast_checked = now
+            actions.extend(self.steer())
+        return actions
+
+    def on_given_up(self, steal: Steal, task_ids: list[str]) -> list[Action]:
+        """The victim of ``steal`` gave up ``task_ids``: they move to the thief."""
+        moved = self.move(task_ids, steal.victim, steal.thief, steal.reason)
+        if not moved:
+            return []
+        self.n_steals += 1
+        self.n_tasks_stolen += len(moved)
+        return [Place(steal.thief, moved)]
+
+    def on_lost(self, index: int, reason: str, *, replaced: bool,
+                where: str = "") -> list[Action]:
+        """The local scheduler at ``index`` is lost (``replaced``: a fresh one stands there
+        already, ``where`` says where): every task it held goes out again."""
+        placements = self.lose_worker(index, reason, replaced=replaced)
+        if replaced:
+            self.log_event("replaced", self.loads.names[index],
+                           f"{where}; {len(placements)} task(s) placed again".lstrip("; "))
+        return self.places(placements)
+
+    def steer(self) -> list[Action]:
+        """Per region: when the forecast work overflows its slots within the horizon,
+        steer tasks free to go elsewhere away from it (an expected wait in the load table)
+        and, when adaptive, tell each of its local schedulers the slots it will need."""
+        loads, forecaster = self.loads, self.forecaster
+        horizon = FORECAST_HORIZON_WINDOWS
+        forecast = forecaster.forecast(horizon, by="region")
+        actions: list[Action] = []
+        for region, members in self.regions().items():
+            capacity = float(loads.slots[members].sum())
+            need = forecast.get(region, {}).get("work_s_per_s", 0.0)
+            burst = forecaster.burst_ahead(region, capacity, horizon)
+            excess_s = max(0.0, need - capacity) * horizon * forecaster.window_s
+            loads.forecast_wait_s[members] = excess_s / capacity if burst else 0.0
+            if self.adaptive:
+                actions.extend(Hint(index, need * float(loads.slots[index]) / capacity)
+                               for index in members)
+        return actions
+
+    def rebuild(self, tasks: list[Task], failed_ids: list[str],
+                held: list[list[str] | None],
+                held_back: list[tuple[int | None, list[Completion]]]) -> list[Action]:
+        """A restarted global scheduler's ledger, from what survived it.
+
+        Args:
+            tasks: every task the driver submitted whose completion it has not received.
+            failed_ids: tasks recorded as failed (for the parents of waiting tasks; every
+                other recorded parent was ok).
+            held: per local scheduler, the ids it holds (queued, running, finished and
+                not acknowledged), None where it did not answer.
+            held_back: completions that reached the restarted scheduler before this, with
+                the index of the local scheduler that sent them: they count as held there.
+
+        A held task goes back into the ledger where it is and completes as usual; every
+        other task is admitted anew (it may run again).
+
+        Returns:
+            The placements, and a record of the tasks failed now.
+        """
+        where = {task_id: index for index, ids in enumerate(held) if ids is not None
+                 for task_id in ids}
+        for index, completions in held_back:
+            if index is not None:
+                where.update((c.task_id, index) for c in completions)
+        pending = {task.task_id for task in tasks}
+        failed = set(failed_ids)
+        for task in tasks:
+            for parent in task.parents:
+                if parent not in pending:
+                    self.finished[parent] = parent not in failed
+        kept = [(task, where[task.task_id]) for task in tasks if task.task_id in where]
+        again = [task for task in tasks if task.task_id not in where]
+        self.adopt(kept, "held by its local scheduler when the global scheduler restarted")
+        placements, failed_now = self.admit(again)
+        actions = self.places(placements)
+        if failed_now:
+            actions.append(Record(failed_now, {t.task_id: t for t in again}))
+        self.n_rebuilt = (len(kept), len(again))
+        return actions
+
+    def places(self, placements: list[tuple[int, Task]]) -> list[Action]:
+        """Placements as one :class:`~ray_sched.core.actions.Place` per local scheduler."""
+        by_worker: dict[int, list[Task]] = {}
+        for index, task in placements:
+            by_worker.setdefault(index, []).append(task)
+        return [Place(index, by_worker[index]) for index in sorted(by_worker)]
+
+    def regions(self) -> dict[str, list[int]]:
+        """Local scheduler indices per region (``""`` for those without one)."""
+        groups: dict[str, list[int]] = {}
+        for index, region in enumerate(self.loads.regions):
+            groups.setdefault(region or "", []).append(index)
+        return groups
 
     # -- admission and placement ---------------------------------------------------------
     def admit(self, tasks: list[Task]) -> tuple[list[tuple[int, Task]], list[Completion]]:
@@ -287,3 +472,9 @@ class GlobalCore:
 def _predicted_work(task: Task) -> float:
     """Slot-seconds the learner expects a task to take (0 when nothing was predicted)."""
     return (task.predicted_mean_s or task.predicted_runtime_s or 0.0) * task.cpu
+
+
+def _work_s(task: Task) -> float:
+    """A task's predicted work in slot-seconds, for the forecast (0 when unpredicted)."""
+    runtime = task.predicted_mean_s or task.predicted_runtime_s or 0.0
+    return max(0.0, float(runtime)) * task.cpu
