@@ -148,9 +148,13 @@ class GlobalScheduler:
         self._local_args = (ordering, me, self.learner, stages, self.controls.as_dict())
         # Local schedulers whose queues re-predict their tasks get every new snapshot.
         self._locals_refresh = hasattr(ORDERINGS[ordering]().make_queue(), "refresh")
-        self.locals = ([self._existing_local(entry) for entry in self.plan]
-                       if self.started_by_driver else
-                       [self._start_local(entry) for entry in self.plan])
+        # At a first start the driver starts its local schedulers after this actor (they
+        # need its handle), and ready() finds them. After a restart every one must be
+        # there before any call: one lost meanwhile (its node gone before the health check
+        # replaced it) is started again now.
+        self.locals = [None] * len(self.plan)
+        if not self.started_by_driver or self._awaiting_recovery:
+            self._find_locals()
         self._recovering: set[int] = set()
         self._closing = False
         self.n_replacements = 0
@@ -189,6 +193,8 @@ class GlobalScheduler:
 
     def _existing_local(self, entry: dict):
         """The named local scheduler of ``entry``, or None when it is not there (yet)."""
+        if self.name_prefix is None:
+            return None
         try:
             return ray.get_actor(f"{self.name_prefix}/{entry['name']}",
                                  namespace=ACTOR_NAMESPACE)
@@ -459,6 +465,7 @@ class GlobalScheduler:
 
     async def local_handles(self) -> list:
         """The LocalScheduler actors' handles, in plan order (for fault injection)."""
+        self._find_locals()
         return list(self.locals)
 
     async def learner_actor(self):
