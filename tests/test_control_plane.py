@@ -141,9 +141,11 @@ def test_control_plane_cpu_per_1k_tasks():
                        ray_system_s=101.0)
     fields = ControlPlaneCpu.summary(before, after, n_tasks=500)
     # Per 1,000 tasks: actors read at both ends only (1.0 + 0.5 s), the driver's 0.5 s.
+    by_role = fields.pop("actor_cpu_s_per_1k")
     assert fields == pytest.approx({"driver_cpu_s_per_1k": 1.0, "actors_cpu_s_per_1k": 3.0,
                                     "control_cpu_s_per_1k": 4.0,
                                     "ray_system_cpu_s_per_1k": 2.0})
+    assert by_role == pytest.approx({"global": 2.0, "local-0": 1.0})
 
 
 def test_control_plane_cpu_without_ray_or_actors_or_tasks():

@@ -79,11 +79,15 @@ class ControlPlaneCpu:
         actors (those read at both ends), of both together (``control_cpu_s_per_1k``), and
         of Ray's system processes on this machine."""
         per_1k = 1000.0 / max(1, n_tasks)
-        actors = sum(max(0.0, after.actors_s[role] - start)
-                     for role, start in before.actors_s.items() if role in after.actors_s)
+        by_role = {role: max(0.0, after.actors_s[role] - start)
+                   for role, start in before.actors_s.items() if role in after.actors_s}
+        actors = sum(by_role.values())
         driver = max(0.0, after.driver_s - before.driver_s)
         fields = {"driver_cpu_s_per_1k": driver * per_1k,
                   "actors_cpu_s_per_1k": actors * per_1k,
+                  # Each of our actors apart (global, local:<name>, learner, monitor).
+                  "actor_cpu_s_per_1k": {role: seconds * per_1k
+                                         for role, seconds in sorted(by_role.items())},
                   "control_cpu_s_per_1k": (driver + actors) * per_1k,
                   "ray_system_cpu_s_per_1k": None}
         if before.ray_system_s is not None and after.ray_system_s is not None:
