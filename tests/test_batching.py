@@ -116,3 +116,38 @@ def test_every_task_runs_once_in_queue_order_and_slots_are_never_overbooked(
             core.finish(running[pick % len(running)])
     assert started == [f"t{i}" for i in range(len(runtimes))]
     assert not core.running and not len(core.queue) and core.busy_cpu == 0
+
+
+def test_the_core_decides_each_start_inline_remote_batched_or_on_a_stage():
+    from ray_sched.control.inline import InlineDecider
+
+    inline = InlineDecider(initial_launch_cost_s=LAUNCH_S)
+    core = LocalCore("l", 2, Fifo(), inline=inline, batcher=LaunchBatcher())
+    staged = Task("s", arrival_s=-1.0, seq=-1, stage="sink")
+    core.enqueue([staged] + queued(0.004, 0.004, 0.004)
+                 + [Task(f"k{i}", arrival_s=10.0 + i, seq=10 + i, kind="k") for i in range(3)])
+    starts = core.starts()
+    # The stage task alone; then three tasks predicted under a launch: one batch, run inline.
+    assert [(ids_of(s.tasks), s.mode) for s in starts] == [(["s"], "stage"),
+                                                            (["t0", "t1", "t2"], "inline")]
+    assert all(t.attempts == 1 for s in starts for t in s.tasks)
+    assert inline.stats()["inline"] == 3 and core.batcher.stats()["batches"] == 1
+    core.finish("s")
+    for task_id in ("t0", "t1", "t2"):
+        core.finish(task_id, runtime_s=0.001)
+    # No prediction for kind k, and too few of its runtimes measured here: alone, remote.
+    assert [(ids_of(s.tasks), s.mode) for s in core.starts()] == [(["k0"], "remote"),
+                                                                  (["k1"], "remote")]
+    # Once enough of the kind have run here, its tasks batch on their measured runtimes
+    # (one free slot: the whole queue fits one launch's budget); without a prediction
+    # they never run inline.
+    for _ in range(MIN_OBSERVED):
+        core.batcher.observe("k", 0.002)
+    core.finish("k0", runtime_s=0.002)
+    core.enqueue([Task(f"m{i}", arrival_s=20.0 + i, seq=20 + i, kind="k") for i in range(4)])
+    assert [(ids_of(s.tasks), s.mode) for s in core.starts()] == [
+        (["k2", "m0", "m1", "m2", "m3"], "remote")]
+
+
+def ids_of(tasks: list[Task]) -> list[str]:
+    return [task.task_id for task in tasks]

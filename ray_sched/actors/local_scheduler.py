@@ -61,7 +61,13 @@ class LocalScheduler:
         self._model = None
         self._refresher: asyncio.Task | None = None
         self.node_id = node_id
-        self.core = LocalCore(name, slots, ORDERINGS[ordering]())
+        controls = Controls.of(controls, inline=inline)
+        # Hybrid execution (tasks predicted shorter than a Ray launch run on this actor's
+        # threads, one per slot) and amortised launches (consecutive tiny tasks share one
+        # Ray task and one slot): the core decides both, per start.
+        self.core = LocalCore(name, slots, ORDERINGS[ordering](),
+                              inline=InlineDecider(enabled=controls.inline),
+                              batcher=LaunchBatcher(enabled=controls.batch))
         self._global = global_handle
         self._strategy = NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
         self._launchers: dict[tuple[str, float], object] = {}
@@ -77,13 +83,7 @@ class LocalScheduler:
         self._stage_factories = dict(stages or {})
         self._stage_actors: dict[str, list] = {}   # every actor of each stage
         self._stage_free: dict[str, list] = {}     # those not running a task now
-        # Hybrid execution: tasks predicted shorter than a Ray launch run on these threads
-        # (one per slot: the core never runs more tasks than slots).
-        controls = Controls.of(controls, inline=inline)
         self.priority = set_process_nice(controls.control_nice)
-        self._inline = InlineDecider(enabled=controls.inline)
-        # Amortised launches: consecutive tiny tasks share one Ray task and one slot.
-        self._batcher = LaunchBatcher(enabled=controls.batch)
         # Adaptive concurrency: the slot count follows the node's CPU and memory.
         self._concurrency = None
         if controls.adaptive:
@@ -243,31 +243,23 @@ class LocalScheduler:
     async def inline_stats(self) -> dict:
         """The hybrid path and launch batches: launch cost learnt, tasks run inline and
         remote, mode switches, batches and the tasks they carried."""
-        return {**self._inline.stats(), **self._batcher.stats(),
-                "history": self._inline.history()}
-
-    def _launches(self) -> list[list[Task]]:
-        """What starts now, grouped by launch (a batch of tiny tasks shares one)."""
-        if not self._batcher.enabled:
-            return [[task] for task in self.core.next_runnable()]
-        return self.core.next_launches(*self._batcher.rule(self._inline.launch_cost_s_))
+        return {**self.core.inline.stats(), **self.core.batcher.stats(),
+                "history": self.core.inline.history()}
 
     def _dispatch(self) -> None:
-        for launch in self._launches():
-            for task in launch:
-                task.attempts += 1
-            if len(launch) > 1:
-                self._launch_batch(launch)
-                continue
-            self._start_one(launch[0])
+        """Carry out the core's starts."""
+        for start in self.core.starts():
+            if start.mode == "inline":
+                self._run_inline(start.tasks)
+            elif len(start.tasks) > 1:
+                self._launch_batch(start.tasks)
+            else:
+                self._start_one(start.tasks[0])
 
     def _start_one(self, task: Task) -> None:
-        """``task`` inline, on a stage actor, or as a Ray task of its own."""
+        """``task`` on a stage actor (it has a stage), or as a Ray task of its own."""
         cpu = min(task.cpu, self.core.slots)
         actor = None
-        if task.stage is None and self._inline.choose(task.kind, _latest_p90(task)):
-            self._run_inline([task])
-            return
         if task.stage is not None:
             free = self._stage_pool(task.stage)
             # One actor per slot, so one is free unless a task takes more than one slot.
@@ -283,16 +275,7 @@ class LocalScheduler:
         self._track(self._watch(task, meta_ref, value_ref, time.time(), actor))
 
     def _launch_batch(self, tasks: list[Task]) -> None:
-        """One Ray task runs ``tasks`` one after another on one slot; when each of them
-        would run inline alone (predicted shorter than a launch), they run one after another
-        on one of this actor's threads instead."""
-        inline = self._inline
-        run_here = all(inline.eligible(_latest_p90(task)) for task in tasks)
-        inline.count_batch(len(tasks), run_here)
-        self._batcher.record(len(tasks))
-        if run_here:
-            self._run_inline(tasks)
-            return
+        """One Ray task runs ``tasks`` one after another on one slot."""
         cpu = min(tasks[0].cpu, self.core.slots)
         if all(task.payload is None for task in tasks):
             meta_ref = self._launcher("synthetic-batch", cpu).remote(
@@ -312,7 +295,7 @@ class LocalScheduler:
             for completion, meta in zip(completions, await meta_ref):
                 self._apply(completion, meta)
             work = sum(c.finish_wall - c.start_wall for c in completions)
-            self._inline.observe_launch(time.time() - launched_wall - work)
+            self.core.inline.observe_launch(time.time() - launched_wall - work)
         except Exception as error:  # noqa: BLE001 - a lost worker or a Ray error: report it
             for completion in completions:
                 completion.status = "failed"
@@ -338,7 +321,7 @@ class LocalScheduler:
             if actor is None:
                 # What running inline would have saved: the time the remote path added to
                 # the work itself, from the launch to the result being back here.
-                self._inline.observe_launch(time.time() - launched_wall
+                self.core.inline.observe_launch(time.time() - launched_wall
                                             - (completion.finish_wall - completion.start_wall))
         except Exception as error:  # noqa: BLE001 - a lost worker or a Ray error: report it
             completion.status = "failed"
@@ -377,10 +360,9 @@ class LocalScheduler:
             completion.status, completion.error = "failed", meta[2]
 
     def _done(self, task: Task, completion: Completion) -> None:
-        self.core.finish(task.task_id)
+        self.core.finish(task.task_id, completion.measured_runtime_s
+                         if completion.status == "ok" else None)
         self._outbox.append(completion)
-        if completion.status == "ok" and completion.finish_wall is not None:
-            self._batcher.observe(task.kind, completion.finish_wall - completion.start_wall)
         if completion.finish_wall is not None and task.queued_wall is not None:
             self._jct[0] += 1
             self._jct[1] += completion.finish_wall - task.queued_wall
@@ -430,11 +412,6 @@ class LocalScheduler:
         except Exception:  # noqa: BLE001 - it failed on them: resending would fail again
             log.exception("the global scheduler failed on %d completion(s); kept as held",
                           len(self._unacked.get(key, ())))
-
-
-def _latest_p90(task: Task) -> float | None:
-    """The task's p90 as last predicted (re-predicted while queued, else at admission)."""
-    return task.latest_p90_s if task.latest_p90_s is not None else task.predicted_p90_s
 
 
 def vars_of(snapshot) -> dict:

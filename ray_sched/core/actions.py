@@ -61,4 +61,14 @@ class Steal:
     reason: str
 
 
-Action = Place | Record | Learn | Hint | Steal
+@dataclass(slots=True)
+class Start:
+    """Start ``tasks`` on one slot of a local scheduler, one after another: ``mode`` is
+    ``inline`` (on the local scheduler's own thread), ``remote`` (one Ray task, alone or
+    a launch batch) or ``stage`` (on one of the task's stage actors; always alone)."""
+
+    tasks: list[Task]
+    mode: str
+
+
+Action = Place | Record | Learn | Hint | Steal | Start

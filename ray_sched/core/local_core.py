@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from ray_sched.core.actions import Start
 from ray_sched.policies.ordering import OrderingPolicy
 from ray_sched.task import Task
 
@@ -36,10 +37,14 @@ class LocalCore:
         name: the local scheduler's name (for reports).
         slots: concurrent slots it owns (> 0).
         ordering: the ordering policy of its queue.
+        inline: a :class:`ray_sched.control.inline.InlineDecider` (None: every task is
+            remote); it also holds the launch cost measured.
+        batcher: a :class:`ray_sched.control.batching.LaunchBatcher` (None: one task per
+            launch).
     """
 
     def __init__(self, name: str, slots: float, ordering: OrderingPolicy, *,
-                 clock=time.time):
+                 clock=time.time, inline=None, batcher=None):
         if not slots > 0:
             raise ValueError(f"slots must be > 0, got {slots!r}")
         self.name = name
@@ -53,6 +58,8 @@ class LocalCore:
         self._batch_of: dict[str, int] = {}
         self._batch_left: dict[int, list] = {}
         self._batches = 0
+        self.inline = inline
+        self.batcher = batcher
 
     def enqueue(self, tasks: list[Task]) -> None:
         for task in tasks:
@@ -63,6 +70,39 @@ class LocalCore:
     def _demand(self, task: Task) -> float:
         # A task wider than the whole scheduler still runs, alone.
         return min(task.cpu, self.slots)
+
+    def starts(self) -> list[Start]:
+        """What starts now, and how (:class:`~ray_sched.core.actions.Start`): the launches
+        of :meth:`next_launches` under the batcher's rule at the launch cost measured; a
+        batch runs inline when each of its tasks would alone (predicted shorter than a
+        launch), else as one Ray task; a task alone runs on its stage's actors, inline
+        when the decider says so, else as a Ray task. Each started task's ``attempts``
+        grows by one."""
+        inline, batcher = self.inline, self.batcher
+        if batcher is not None and batcher.enabled and inline is not None:
+            launches = self.next_launches(*batcher.rule(inline.launch_cost_s_))
+        else:
+            launches = [[task] for task in self.next_runnable()]
+        starts = []
+        for tasks in launches:
+            for task in tasks:
+                task.attempts += 1
+            if len(tasks) > 1:
+                here = inline is not None and all(inline.eligible(latest_p90(t)) for t in tasks)
+                if inline is not None:
+                    inline.count_batch(len(tasks), here)
+                batcher.record(len(tasks))
+                starts.append(Start(tasks, "inline" if here else "remote"))
+                continue
+            task = tasks[0]
+            if task.stage is not None:
+                mode = "stage"
+            elif inline is not None and inline.choose(task.kind, latest_p90(task)):
+                mode = "inline"
+            else:
+                mode = "remote"
+            starts.append(Start(tasks, mode))
+        return starts
 
     def next_runnable(self) -> list[Task]:
         """Pop every task that can start now, in order, and count it as running."""
@@ -163,11 +203,14 @@ class LocalCore:
                 given.append(removed)
         return given
 
-    def finish(self, task_id: str) -> Task | None:
-        """Free the slots of a running task; returns it (None if it was not running)."""
+    def finish(self, task_id: str, runtime_s: float | None = None) -> Task | None:
+        """Free the slots of a running task; returns it (None if it was not running).
+        ``runtime_s``: how long it ran (ok), for the batcher's runtimes of its kind."""
         task = self.running.pop(task_id, None)
         if task is None:
             return None
+        if runtime_s is not None and self.batcher is not None:
+            self.batcher.observe(task.kind, runtime_s)
         key = self._batch_of.pop(task_id, None)
         if key is None:
             self.busy_cpu = max(0.0, self.busy_cpu - self._demand(task))
@@ -182,3 +225,8 @@ class LocalCore:
     def snapshot(self) -> LocalSnapshot:
         return LocalSnapshot(self.name, self.slots, self.busy_cpu, len(self.queue),
                              len(self.running), self.queue.queued_cpu)
+
+
+def latest_p90(task: Task) -> float | None:
+    """The task's p90 as last predicted (re-predicted while queued, else at admission)."""
+    return task.latest_p90_s if task.latest_p90_s is not None else task.predicted_p90_s
