@@ -22,6 +22,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ray_sched.actors.learner_actor import LearnerActor
+from ray_sched.actors.learner_link import LearnerLink
 from ray_sched.actors.local_scheduler import LocalScheduler
 from ray_sched.actors.monitor_actor import MonitorActor
 from ray_sched.control import Controls
@@ -30,7 +31,6 @@ from ray_sched.control.priority import set_process_nice
 from ray_sched.control.stealing import STEAL_EVERY_S
 from ray_sched.core.actions import Action, Hint, Learn, Place, Record, Steal
 from ray_sched.core.global_core import GlobalCore
-from ray_sched.learner import FallbackPredictor
 from ray_sched.monitor.cpu import process_cpu_s
 from ray_sched.policies import ORDERINGS, PLACEMENTS
 from ray_sched.policies.placement import WorkerLoad
@@ -38,19 +38,6 @@ from ray_sched.task import Completion, Task
 
 log = logging.getLogger(__name__)
 
-#: How long the first snapshot of the learner may take at start (it loads a checkpoint).
-SNAPSHOT_START_TIMEOUT_S = 60.0
-#: Completions wait this long to be sent to the learner together: one call per batch costs
-#: the same few hundred microseconds as one per task, and a snapshot that learnt them
-#: comes back at most every couple of seconds anyway (SnapshotSchedule).
-OBSERVE_EVERY_S = 0.25
-#: Until the learner has been sent this many completions, each batch goes at once: early
-#: predictions steer the first bursts most.
-OBSERVE_AT_ONCE_UNTIL = 256
-#: Completions the learner has and the snapshot in use has not seen (the last ones before
-#: a lull, which no later completion will bring) are fetched in a snapshot this long after
-#: they were sent.
-CATCH_UP_AFTER_S = 5.0
 #: The monitor's sampling period: local scheduler snapshots, learner error, lost actors.
 MONITOR_EVERY_S = 1.0
 #: A local scheduler's snapshot that takes longer is skipped for that second.
@@ -133,21 +120,13 @@ class GlobalScheduler:
         if learner_options is not None:
             self.learner = start_learner(name_prefix, here, learner_options, nice,
                                          detached=not self.started_by_driver)
-        self.fallback = FallbackPredictor()
-        self.n_fallback_batches = 0
-        # The learner's latest snapshot: predictions are a local call on it.
-        self.model = None
-        self._model_key: tuple[str, int] | None = None
-        self.learner_error: float | None = None
-        self._to_learn: tuple[list[Task], list[float]] = ([], [])
-        self._learn_pending = False
-        self._catch_up: asyncio.TimerHandle | None = None
-        self.n_sent_to_learner = 0
-        self._model_covers = 0  # of the completions sent, how many the snapshot in use has
         self.plan = [dict(entry) for entry in plan]
         self._local_args = (ordering, me, self.learner, stages, self.controls.as_dict())
-        # Local schedulers whose queues re-predict their tasks get every new snapshot.
-        self._locals_refresh = hasattr(ORDERINGS[ordering]().make_queue(), "refresh")
+        # Predictions from the learner's latest snapshot, in this process; local
+        # schedulers whose queues re-predict their tasks get every new snapshot.
+        refresh = hasattr(ORDERINGS[ordering]().make_queue(), "refresh")
+        self.link = None if self.learner is None else LearnerLink(
+            self.learner, self._hand_on_model if refresh else None, self._track)
         # At a first start the driver starts its local schedulers after this actor (they
         # need its handle), and ready() finds them. After a restart every one must be
         # there before any call: one lost meanwhile (its node gone before the health check
@@ -213,7 +192,7 @@ class GlobalScheduler:
         described = list(await asyncio.gather(*(local.ping.remote() for local in self.locals)))
         if self.learner is not None:
             described.append({"learner": await self.learner.info.remote()})
-            await self._first_snapshot()
+            await self.link.first_snapshot()
         if self.monitor is not None:
             await self.monitor.ping.remote()
         self._start_loops()
@@ -234,8 +213,8 @@ class GlobalScheduler:
         now = time.time()
         for task in tasks:
             task.received_wall = now
-        if self.learner is not None:
-            self._predict(tasks)
+        if self.link is not None:
+            self.link.predict(tasks)
         self._carry_out(self.core.on_arrivals(tasks))
 
     def _carry_out(self, actions: list[Action]) -> None:
@@ -246,92 +225,16 @@ class GlobalScheduler:
             elif isinstance(action, Record):
                 self._record(action.completions, action.tasks)
             elif isinstance(action, Learn):
-                self._observe(action.tasks, action.runtimes_s)
+                self.link.observe(action.tasks, action.runtimes_s)
             elif isinstance(action, Hint):
                 self.locals[action.index].hint_demand.remote(action.busy_slots)
             elif isinstance(action, Steal):
                 self._track(self._steal(action))
 
-    def _predict(self, tasks: list[Task]) -> None:
-        """Predictions from the learner's latest snapshot, in this process; the heuristic
-        fallback only until a first snapshot has arrived."""
-        if self.model is not None:
-            predictions = self.model.predict(tasks)
-        else:
-            self.n_fallback_batches += 1
-            if self.n_fallback_batches == 1 or self.n_fallback_batches % 100 == 0:
-                log.warning("no snapshot of the learner yet; heuristic fallback in use")
-            predictions = self.fallback.predict(tasks)
-        predictions.apply(tasks)
-
-    async def _first_snapshot(self) -> None:
-        """Ask the learner for a snapshot now (at start, after a restart of this actor);
-        the fallback predicts until one arrives."""
-        await self._fetch_snapshot(0, "no snapshot of the learner (%s); heuristic fallback "
-                                      "in use", logging.WARNING)
-
-    async def _fetch_snapshot(self, covers: int, message: str, level: int) -> None:
-        """Ask the learner for a snapshot of itself as it is now and take it; a learner
-        that cannot answer (dead, restarting) is logged at ``level`` and left alone."""
-        try:
-            await self._take_update(await asyncio.wait_for(self.learner.snapshot.remote(),
-                                                           SNAPSHOT_START_TIMEOUT_S), covers)
-        except Exception as error:  # noqa: BLE001 - predictions go on with what there is
-            log.log(level, message, error)
-
-    async def _take_update(self, update, covers: int = 0) -> None:
-        """A new snapshot of the learner: predict with it here, and hand it to every local
-        scheduler (they re-predict their queues with it)."""
-        if update is None:
-            return
-        self.learner_error = update.recent_error
-        key = (update.incarnation, update.version)
-        if self._model_key is not None and key[0] == self._model_key[0] \
-                and key[1] <= self._model_key[1]:
-            return  # an older snapshot than the one in use, answered late
-        self.model = await update.model
-        self._model_key = key
-        self._model_covers = max(self._model_covers, covers)
-        if self._locals_refresh:
-            for local in self.locals:
-                local.set_model.remote(update.model)
-
-    def _observe(self, learnt: list[Task], runtimes_s: list[float]) -> None:
-        tasks, measured = self._to_learn
-        tasks.extend(learnt)
-        measured.extend(runtimes_s)
-        if tasks and not self._learn_pending:
-            self._learn_pending = True
-            delay = 0.0 if self.n_sent_to_learner < OBSERVE_AT_ONCE_UNTIL else OBSERVE_EVERY_S
-            asyncio.get_running_loop().call_later(delay, self._send_to_learner)
-
-    def _send_to_learner(self) -> None:
-        """One call with every completion gathered since the last; a snapshot that is due
-        comes back as its answer."""
-        self._learn_pending = False
-        (tasks, measured), self._to_learn = self._to_learn, ([], [])
-        if not tasks:
-            return
-        self.fallback.observe(tasks, measured)
-        self.n_sent_to_learner += len(tasks)
-        self._track(self._await_update(self.learner.observe.remote(tasks, measured),
-                                       self.n_sent_to_learner))
-
-    async def _await_update(self, answer, covers: int) -> None:
-        try:
-            await self._take_update(await answer, covers)
-        except Exception as error:  # noqa: BLE001 - a dead or restarting learner: predictions go on
-            log.debug("learner observe failed: %s", error)
-        if self._catch_up is None:
-            self._catch_up = asyncio.get_running_loop().call_later(
-                CATCH_UP_AFTER_S, lambda: self._track(self._catch_up_model()))
-
-    async def _catch_up_model(self) -> None:
-        """A snapshot of the learner if the one in use lacks completions sent to it."""
-        self._catch_up = None
-        if self._model_covers < self.n_sent_to_learner:
-            await self._fetch_snapshot(self.n_sent_to_learner, "learner snapshot failed: %s",
-                                       logging.DEBUG)
+    def _hand_on_model(self, model_ref) -> None:
+        """Every local scheduler re-predicts its queue with the learner's new snapshot."""
+        for local in self.locals:
+            local.set_model.remote(model_ref)
 
     def _track(self, coroutine) -> None:
         task = asyncio.ensure_future(coroutine)
@@ -395,10 +298,10 @@ class GlobalScheduler:
             if isinstance(ids, BaseException):
                 log.warning("recovery: %s did not answer (%s); its tasks are placed again",
                             entry["name"], ids)
-        if self.learner is not None and self.model is None:
-            await self._first_snapshot()
-        if self.learner is not None and tasks:
-            self._predict(tasks)  # the driver's copies carry no prediction
+        if self.link is not None and self.link.model is None:
+            await self.link.first_snapshot()
+        if self.link is not None and tasks:
+            self.link.predict(tasks)  # the driver's copies carry no prediction
         # Completions that reached this incarnation before now count as held where they
         # ran: they are recorded right after the ledger is rebuilt.
         self._carry_out(self.core.rebuild(
@@ -422,8 +325,7 @@ class GlobalScheduler:
                 "running": running,
                 # The learner's snapshot predictions are made with: its version and the
                 # completions it had learnt from (None before the first).
-                "model": None if self.model is None else {
-                    "version": self._model_key[1], "n_observed": self.model.n_observed_},
+                "model": None if self.link is None else self.link.version(),
                 "locals": {name: dict(s) for name, s in self.snapshots.items()},
                 "loads": [{"name": w.name, "outstanding_tasks": w.outstanding_tasks,
                            "outstanding_cpu": w.outstanding_cpu, "slots": w.slots,
@@ -477,7 +379,7 @@ class GlobalScheduler:
             return None
         info = await self.learner.info.remote()
         info["stats"] = await self.learner.stats.remote()
-        info["fallback_batches"] = self.n_fallback_batches
+        info["fallback_batches"] = self.link.n_fallback_batches
         return info
 
     async def close_stages(self) -> list:
@@ -495,8 +397,8 @@ class GlobalScheduler:
             self._control_task.cancel()
             self._control_task = None
         self._closing = True
-        if self._catch_up is not None:
-            self._catch_up.cancel()
+        if self.link is not None:
+            self.link.close()
         for local in self.locals:
             ray.kill(local)
         if self.monitor is not None:
@@ -615,7 +517,7 @@ class GlobalScheduler:
             state["backlog_predicted_s"] = float(loads.predicted_backlog_s[index])
             state["backlog_actual_s"] = float(loads.true_backlog_s[index])
             sample.append(state)
-        learner_error = self.learner_error
+        learner_error = None if self.link is None else self.link.recent_error
         if self.learner is not None and check:  # its liveness, with the node check
             try:
                 learner_error = await asyncio.wait_for(self.learner.recent_error.remote(),
