@@ -321,8 +321,9 @@ class LocalScheduler:
             if actor is None:
                 # What running inline would have saved: the time the remote path added to
                 # the work itself, from the launch to the result being back here.
-                self.core.inline.observe_launch(time.time() - launched_wall
-                                            - (completion.finish_wall - completion.start_wall))
+                self.core.inline.observe_launch(
+                    time.time() - launched_wall
+                    - (completion.finish_wall - completion.start_wall))
         except Exception as error:  # noqa: BLE001 - a lost worker or a Ray error: report it
             completion.status = "failed"
             completion.error = f"{type(error).__name__}: {error}"[:2000]

@@ -11,8 +11,8 @@ Each controller is plain Python with an injectable clock, wired into the actors:
   (global scheduler), acted on before a burst;
 - :mod:`~ray_sched.control.chaos`: fault injection for users (``--chaos``).
 
-:class:`Controls` says which of them run; the CLI's ``--no-inline``, ``--no-batch``, ``--no-steal``,
-``--no-forecast`` and ``--adaptive`` set it.
+:class:`Controls` says which of them run; the CLI's ``--no-inline``, ``--no-batch``,
+``--no-steal``, ``--no-forecast`` and ``--adaptive`` set it.
 """
 
 from __future__ import annotations

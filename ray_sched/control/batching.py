@@ -37,8 +37,8 @@ Z90 = 1.2816
 class LaunchBatcher:
     """Which queued tasks may share a launch, and how much work one launch carries.
 
-    Only tiny tasks are batched: those expected to take less than a couple of launch costs. A task's
-    expected runtime is, in this order: its latest re-prediction (``latest_p90_s``),
+    Only tiny tasks are batched: those expected to take less than a couple of launch
+    costs. A task's expected runtime is, in this order: its latest re-prediction (``latest_p90_s``),
     the p90 of the runtimes measured here for its kind (once :data:`MIN_OBSERVED` have
     finished), its prediction at admission (``predicted_p90_s``). A task with none of them,
     or of a named stage, is never batched: an unknown task may be long.
@@ -57,13 +57,13 @@ class LaunchBatcher:
             raise ValueError(f"work_per_launch must be > 0, got {work_per_launch!r}")
         if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
             raise ValueError(f"max_batch must be a whole number >= 1, got {max_batch!r}")
-        self.enabled = enabled
         if not 0 < tiny_launches <= work_per_launch:
             raise ValueError(f"tiny_launches must be in (0, work_per_launch], got "
                              f"{tiny_launches!r}")
+        self.enabled = enabled
         self.work_per_launch = float(work_per_launch)
         self.tiny_launches = float(tiny_launches)
-        self.max_batch = max_batch if enabled else 1
+        self.max_batch = max_batch
         self._kinds: dict[str, list[float]] = {}  # kind -> [n, mean, variance]
         self.n_batches_ = 0
         self.n_batched_tasks_ = 0

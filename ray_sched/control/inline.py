@@ -84,12 +84,12 @@ class InlineDecider:
     def choose(self, kind: str, predicted_p90_s: float | None) -> bool:
         """True: run inline. Tasks without a prediction, and every task when disabled,
         go remote."""
+        inline = self.eligible(predicted_p90_s)
         if not self.enabled or predicted_p90_s is None:
-            inline, reason = False, ("disabled" if not self.enabled else "no prediction")
+            reason = "disabled" if not self.enabled else "no prediction"
         elif predicted_p90_s >= MAX_INLINE_P90_S:
-            inline, reason = False, f"p90 {predicted_p90_s:.3g} s >= {MAX_INLINE_P90_S} s"
+            reason = f"p90 {predicted_p90_s:.3g} s >= {MAX_INLINE_P90_S} s"
         else:
-            inline = predicted_p90_s < self.launch_cost_s_
             word = "<" if inline else ">="
             reason = (f"p90 {predicted_p90_s * 1e3:.3g} ms {word} launch cost "
                       f"{self.launch_cost_s_ * 1e3:.3g} ms")

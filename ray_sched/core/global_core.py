@@ -118,16 +118,15 @@ class GlobalCore:
         if index is not None and state is not None:
             self.on_local_state(index, state.get("slots"), state.get("admitting", True))
         actions: list[Action] = []
-        ledger = self.ledger
+        # Each completion's task while the ledger still has it (a duplicate: None).
+        known = [(c, entry.task) for c in completions
+                 if (entry := self.ledger.get(c.task_id)) is not None]
         if self.learning:
-            learn = [(without_payload(ledger[c.task_id].task), c.measured_runtime_s)
-                     for c in completions
-                     if c.status == "ok" and c.measured_runtime_s is not None
-                     and c.task_id in ledger]
+            learn = [(without_payload(task), c.measured_runtime_s) for c, task in known
+                     if c.status == "ok" and c.measured_runtime_s is not None]
             if learn:
                 actions.append(Learn([task for task, _ in learn], [r for _, r in learn]))
-        tasks = ({c.task_id: ledger[c.task_id].task for c in completions
-                  if c.task_id in ledger} if self.keep_tasks else {})
+        tasks = {c.task_id: task for c, task in known} if self.keep_tasks else {}
         recorded, placements = self.complete(completions)
         actions.extend(self.places(placements))
         if recorded:
@@ -176,8 +175,9 @@ class GlobalCore:
         already, ``where`` says where): every task it held goes out again."""
         placements = self.lose_worker(index, reason, replaced=replaced)
         if replaced:
+            placed = f"{len(placements)} task(s) placed again"
             self.log_event("replaced", self.loads.names[index],
-                           f"{where}; {len(placements)} task(s) placed again".lstrip("; "))
+                           f"{where}; {placed}" if where else placed)
         return self.places(placements)
 
     def steer(self) -> list[Action]:
